@@ -1,0 +1,29 @@
+"""The backend interface, as lm-evaluation-harness has one ``LM``: everything samples through it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+Message = dict[str, str]
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finished: bool  # ended with end-of-turn rather than at max_new_tokens
+
+
+class PolicyBackend(Protocol):
+    def generate(self, prompts: list[list[Message]], cfg: SamplingConfig) -> list[Completion]:
+        """One completion per prompt (a prompt is a chat message list, reward block included)."""
+        ...

@@ -1,0 +1,1 @@
+"""Evaluation: does the reward the model actually earns track the reward it was asked for?"""

@@ -1,0 +1,236 @@
+"""Controllability metrics with cluster-bootstrap confidence intervals.
+
+Several generations share one prompt, so rows are not independent: resampling rows would make the
+intervals too narrow whenever prompts differ. Every interval here therefore resamples *groups*
+(prompts) with replacement. A resample is a vector of multinomial counts over groups, so any
+statistic built from per-group sums (Pearson r, OLS slope, bin means) is one matrix product for
+all resamples at once; Spearman needs the ranks of each resample, which a cumulative sum of the
+resampled row weights in sorted order gives without re-sorting.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+_ALPHA = 0.05
+# Rows x resamples held in memory at once by the Spearman bootstrap (about 16 MB of float64).
+_CHUNK_CELLS = 2_000_000
+
+
+# ---------------------------------------------------------------- resampling
+def _group_index(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """Map arbitrary group labels to 0..G-1; ``None`` makes every row its own group."""
+    if groups is None:
+        return np.arange(n), n
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups has shape {groups.shape}, expected ({n},)")
+    _, idx = np.unique(groups, return_inverse=True)
+    idx = idx.reshape(-1)
+    return idx, int(idx.max()) + 1 if n else 0
+
+
+def _boot_counts(n_groups: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield blocks of resample counts, shape (block, n_groups); each row sums to n_groups.
+
+    Blocks keep memory bounded for large inputs; drawing them in order from one generator keeps
+    the result identical for a given seed whatever the block size.
+    """
+    rng = np.random.default_rng(seed)
+    p = np.full(n_groups, 1.0 / n_groups)
+    block = max(1, _CHUNK_CELLS // max(n_groups, 1))
+    for start in range(0, n_boot, block):
+        yield rng.multinomial(n_groups, p, size=min(block, n_boot - start)).astype(float)
+
+
+def _percentile_ci(samples: np.ndarray) -> tuple[float | None, float | None]:
+    """95% percentile interval, ignoring resamples where the statistic is undefined."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return None, None
+    lo, hi = np.percentile(finite, [100 * _ALPHA / 2, 100 * (1 - _ALPHA / 2)])
+    return float(lo), float(hi)
+
+
+def _r_and_slope(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r and OLS slope (y on x) from columns n, Σx, Σy, Σxx, Σyy, Σxy."""
+    n, sx, sy, sxx, syy, sxy = s.T
+    cov = n * sxy - sx * sy
+    vx = n * sxx - sx * sx
+    vy = n * syy - sy * sy
+    # Sums of squares cancel to rounding noise, not exactly zero, when a resample is constant.
+    vx = np.where(vx > 1e-12 * np.maximum(n * sxx, 1e-300), vx, np.nan)
+    vy = np.where(vy > 1e-12 * np.maximum(n * syy, 1e-300), vy, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(cov / np.sqrt(vx * vy), -1.0, 1.0), cov / vx
+
+
+def _group_moments(x: np.ndarray, y: np.ndarray, gidx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group n, Σx, Σy, Σxx, Σyy, Σxy; centring first keeps the sums well conditioned."""
+    x = x - x.mean()
+    y = y - y.mean()
+    cols = [np.ones_like(x), x, y, x * x, y * y, x * y]
+    return np.stack([np.bincount(gidx, weights=c, minlength=n_groups) for c in cols], axis=1)
+
+
+def _weighted_midranks(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average ranks of ``values`` in each resample, where row i appears ``w[b, i]`` times."""
+    order = np.argsort(values, kind="stable")
+    uniq, first = np.unique(values[order], return_index=True)
+    last = np.r_[first[1:], len(values)] - 1
+    inverse = np.searchsorted(uniq, values)
+    cum = np.cumsum(w[:, order], axis=1)[:, last]             # weight at or below each value
+    count = np.diff(cum, axis=1, prepend=0.0)                  # weight of each tied value
+    return (cum - count + (count + 1) / 2)[:, inverse]
+
+
+def _weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise weighted Pearson r of (B, n) arrays ``a`` and ``b`` with weights ``w``."""
+    s = np.stack([w.sum(1), (w * a).sum(1), (w * b).sum(1), (w * a * a).sum(1),
+                  (w * b * b).sum(1), (w * a * b).sum(1)], axis=1)
+    return _r_and_slope(s)[0]
+
+
+# ---------------------------------------------------------------- public helpers
+def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, *,
+                      groups: np.ndarray | None = None) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean of ``x`` (resampling ``groups`` when given)."""
+    x = np.asarray(x, dtype=float).reshape(-1)
+    if x.size == 0:
+        raise ValueError("bootstrap_mean_ci needs at least one value")
+    gidx, g = _group_index(groups, x.size)
+    sums = np.bincount(gidx, weights=x, minlength=g)
+    sizes = np.bincount(gidx, minlength=g).astype(float)
+    means = np.concatenate([(w @ sums) / (w @ sizes) for w in _boot_counts(g, n_boot, seed)])
+    lo, hi = _percentile_ci(means)
+    return float(lo), float(hi)  # every resample has n > 0 rows, so the CI always exists
+
+
+def accuracy_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Reward-model pairwise accuracy with a 95% bootstrap CI over test pairs."""
+    c = np.asarray(correct, dtype=float).reshape(-1)
+    if c.size == 0:
+        return {"accuracy": None, "ci_low": None, "ci_high": None, "n": 0}
+    lo, hi = bootstrap_mean_ci(c, n_boot=n_boot, seed=seed)
+    return {"accuracy": float(c.mean()), "ci_low": lo, "ci_high": hi, "n": int(c.size)}
+
+
+# ---------------------------------------------------------------- controllability
+def _none_if_nan(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _bins(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, gidx: np.ndarray,
+          n_groups: int, n_bins: int, boots: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Equal-width target bins over [0, 1] with cluster-bootstrap CIs of each bin's mean actual."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.floor(np.clip(targets, 0.0, 1.0) * n_bins).astype(int), 0, n_bins - 1)
+    flat = gidx * n_bins + which
+    size = n_groups * n_bins
+    counts = np.bincount(flat, minlength=size).reshape(n_groups, n_bins).astype(float)
+    sums = np.bincount(flat, weights=actuals, minlength=size).reshape(n_groups, n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot_means = np.concatenate([(w @ sums) / (w @ counts) for w in boots]) if boots else None
+    out = []
+    for k in range(n_bins):
+        m = which == k
+        lo = hi = None
+        if m.any() and boot_means is not None:
+            lo, hi = _percentile_ci(boot_means[:, k])
+        out.append({"lo": round(float(edges[k]), 10), "hi": round(float(edges[k + 1]), 10),
+                    "n": int(m.sum()),
+                    "mean_target": float(targets[m].mean()) if m.any() else None,
+                    "mean_actual": float(actuals[m].mean()) if m.any() else None,
+                    "actual_ci_low": lo, "actual_ci_high": hi,
+                    "mean_length": float(lengths[m].mean()) if m.any() else None})
+    return out
+
+
+def controllability(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, *,
+                    groups: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+                    n_bins: int = 5) -> dict[str, Any]:
+    """How well the achieved reward follows the requested one, with cluster-bootstrap CIs.
+
+    ``targets`` and ``actuals`` are rewards in [0, 1], ``lengths`` response lengths in tokens and
+    ``groups`` the prompt id of each row (``None``: rows are independent). Returns plain JSON
+    values; statistics that are undefined (fewer than 3 rows, a constant input) are ``None`` and
+    ``note`` says why. ``length_r`` is the correlation of target with length: a model that hits
+    high targets only by writing more shows it here.
+    """
+    x = np.asarray(targets, dtype=float).reshape(-1)
+    y = np.asarray(actuals, dtype=float).reshape(-1)
+    ln = np.asarray(lengths, dtype=float).reshape(-1)
+    n = x.size
+    if y.size != n or ln.size != n:
+        raise ValueError(f"targets, actuals and lengths differ in length: {n}, {y.size}, {ln.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(ln).all()):
+        raise ValueError("targets, actuals and lengths must be finite")
+    gidx, g = _group_index(groups, n)
+    notes: list[str] = []
+    res: dict[str, Any] = {
+        "n": int(n), "n_groups": int(g), "n_boot": int(n_boot), "seed": int(seed),
+        "pearson_r": None, "ci_low": None, "ci_high": None,
+        "spearman_r": None, "spearman_ci_low": None, "spearman_ci_high": None,
+        "slope": None, "slope_ci_low": None, "slope_ci_high": None, "intercept": None,
+        "mean_actual": float(y.mean()) if n else None,
+        "std_actual": float(y.std(ddof=1)) if n > 1 else None,
+        "within_prompt_r": None, "length_r": None, "length_ci_low": None, "length_ci_high": None,
+    }
+    boots = list(_boot_counts(g, n_boot, seed)) if g >= 2 and n_boot > 0 else []
+    res["bins"] = _bins(x, y, ln, gidx, g, n_bins, boots) if n else []
+    if n < 3:
+        res["note"] = f"n={n} < 3: correlations undefined"
+        return res
+    const_x, const_y, const_len = np.ptp(x) == 0, np.ptp(y) == 0, np.ptp(ln) == 0
+    if const_x:
+        notes.append("constant targets: correlations and slope undefined")
+    if const_y:
+        notes.append("constant actuals: correlations undefined")
+    if g < 2:
+        notes.append("fewer than 2 groups: no bootstrap CIs")
+
+    if not const_x:
+        fit = stats.linregress(x, y)
+        res.update(slope=float(fit.slope), intercept=float(fit.intercept))
+    if not (const_x or const_y):
+        res["pearson_r"] = float(stats.pearsonr(x, y).statistic)
+        res["spearman_r"] = _none_if_nan(float(stats.spearmanr(x, y).statistic))
+    if not (const_x or const_len):
+        res["length_r"] = float(stats.pearsonr(x, ln).statistic)
+
+    if boots and not const_x:
+        moments = _group_moments(x, y, gidx, g)
+        r_b, slope_b = _r_and_slope(np.concatenate([w @ moments for w in boots]))
+        if not const_y:
+            res["ci_low"], res["ci_high"] = _percentile_ci(r_b)
+            rho = []
+            for w in boots:
+                for sub in np.array_split(w, max(1, w.shape[0] * n // _CHUNK_CELLS)):
+                    row_w = sub[:, gidx]  # each row weighs as often as its group was drawn
+                    rho.append(_weighted_pearson(_weighted_midranks(x, row_w),
+                                                 _weighted_midranks(y, row_w), row_w))
+            res["spearman_ci_low"], res["spearman_ci_high"] = _percentile_ci(np.concatenate(rho))
+        res["slope_ci_low"], res["slope_ci_high"] = _percentile_ci(slope_b)
+        if not const_len:
+            len_moments = _group_moments(x, ln, gidx, g)
+            len_b, _ = _r_and_slope(np.concatenate([w @ len_moments for w in boots]))
+            res["length_ci_low"], res["length_ci_high"] = _percentile_ci(len_b)
+
+    # Within-prompt r removes each prompt's mean, so it measures steering *for a fixed prompt*,
+    # free of the between-prompt differences that can drive the pooled r.
+    if groups is None:
+        notes.append("no groups: within-prompt r undefined")
+    else:
+        size = np.bincount(gidx, minlength=g)
+        xd = x - np.bincount(gidx, weights=x, minlength=g)[gidx] / size[gidx]
+        yd = y - np.bincount(gidx, weights=y, minlength=g)[gidx] / size[gidx]
+        if np.ptp(xd) > 1e-12 and np.ptp(yd) > 1e-12:
+            res["within_prompt_r"] = float(stats.pearsonr(xd, yd).statistic)
+        else:
+            notes.append("no within-prompt variation: within-prompt r undefined")
+    res["note"] = "; ".join(notes) or None
+    return res

@@ -1,0 +1,71 @@
+"""The label stage: score responses with one scorer per reward dimension, write the training set.
+
+Inputs are preference pairs (both replies are used: chosen and rejected give the policy the same
+prompt with two different rewards) and, optionally, the policy's own samples. Responses are first
+clipped to what SFT will train on, so the reward describes exactly the text the policy sees.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rewards.scorer import load_scorer
+from .runs import read_jsonl, write_jsonl
+
+
+@dataclass
+class LabelConfig:
+    pairs: list[str] = field(default_factory=list)    # structured preference JSONL files
+    samples: list[str] = field(default_factory=list)  # JSONL rows with prompt + response
+    scorers: dict[str, str] = field(default_factory=dict)  # dimension -> RM folder or synthetic:...
+    out: str = "runs/demo/label/train.jsonl"
+    policy: str = "smollm2-135m-instruct"            # its tokenizer decides the clipping
+    max_completion_tokens: int = 64
+    batch_size: int = 32
+
+
+def clip_response(tokenizer, text: str, max_tokens: int) -> str:
+    """At most ``max_tokens`` tokens, cut back to the last sentence end when there is one."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text.strip()
+    cut = tokenizer.decode(ids[:max_tokens])
+    ends = [cut.rfind(p) for p in (". ", "! ", "? ", ".\n", "\n")]
+    end = max(ends)
+    # Keep a sentence boundary only if it keeps at least half the text.
+    return (cut[:end + 1] if end >= len(cut) // 2 else cut).strip()
+
+
+def run_label(cfg: LabelConfig) -> dict:
+    from .policy.models import load_tokenizer
+
+    if not cfg.scorers:
+        raise ValueError("label needs at least one scorer (dimension -> RM folder or synthetic:...)")
+    tok = load_tokenizer(cfg.policy)
+    rows: list[dict] = []
+    for path in cfg.pairs:
+        for p in read_jsonl(path):
+            for source in ("chosen", "rejected"):
+                rows.append({"id": f"{p['id']}:{source}", "pair_id": p["id"], "prompt": p["prompt"],
+                             "response": p[source], "source": source})
+    for path in cfg.samples:
+        for i, s in enumerate(read_jsonl(path)):
+            rows.append({"id": f"{s.get('id', i)}:sample{i}", "pair_id": s.get("id"),
+                         "prompt": s["prompt"], "response": s["response"], "source": "policy"})
+    for r in rows:
+        r["response"] = clip_response(tok, r["response"], cfg.max_completion_tokens)
+    rows = [r for r in rows if r["response"]]
+    prompts = [r["prompt"] for r in rows]
+    responses = [r["response"] for r in rows]
+    stats = {}
+    for dim, spec in cfg.scorers.items():
+        scores = load_scorer(spec).score(prompts, responses)
+        for r, s in zip(rows, scores):
+            r.setdefault("rewards", {})[dim] = round(float(s), 4)
+        stats[dim] = {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
+                      "quantiles": [float(q) for q in np.quantile(scores, [0, .1, .25, .5, .75, .9, 1])],
+                      "frac_below_0.1": float(np.mean(scores < 0.1)),
+                      "frac_above_0.9": float(np.mean(scores > 0.9))}
+    write_jsonl(cfg.out, rows)
+    return {"n": len(rows), "labels": stats}

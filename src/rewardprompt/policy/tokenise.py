@@ -1,0 +1,112 @@
+"""The one tokenise-and-mask function: prompt tokens get label -100, completion tokens are trained.
+
+The prompt is the dialogue rendered by the tokenizer's chat template with the generation prompt
+(``<|im_start|>assistant\\n`` for SmolLM2); the completion is whatever the template puts after it
+for the assistant's reply, end-of-turn token included. Taking the completion as the difference of
+two renderings keeps this right for any chat template. Every caller (SFT, the baseline, tests, the
+online loop later) goes through :func:`tokenise_example`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..template import RewardTemplate, Targets
+
+Message = dict[str, str]
+IGNORE = -100
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_completion(tokenizer: PreTrainedTokenizerBase, messages: list[Message],
+                      response: str) -> str:
+    """The text the template adds for the assistant reply, end-of-turn marker included."""
+    prompt = render_prompt(tokenizer, messages)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                         tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the "
+                         "full dialogue; completion-only masking needs it to")
+    return full[len(prompt):]
+
+
+def _n_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], template: RewardTemplate,
+               targets: Targets | dict | None, max_prompt_tokens: int) -> list[Message]:
+    """The dialogue with its reward block, shortened to ``max_prompt_tokens``.
+
+    Oldest turns go first; if the last user turn alone is too long, its beginning is cut. The
+    reward block is put in after shortening, so it survives at either position.
+    """
+    msgs = [dict(m) for m in messages]
+    while True:
+        with_block = template.apply(msgs, targets)
+        n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block))
+        excess = n - max_prompt_tokens
+        if excess <= 0:
+            return with_block
+        if len(msgs) > 1:
+            msgs = msgs[1:]
+            while msgs and msgs[0]["role"] != "user":  # a dialogue starts with a user turn
+                msgs = msgs[1:]
+            continue
+        content = msgs[0]["content"]
+        n_content = _n_tokens(tokenizer, content)
+        if excess >= n_content:
+            raise ValueError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the "
+                             "dialogue next to the reward block and chat markup")
+        # Cut characters, not tokens: decoding a token slice can split a multi-byte character
+        # and grow the text. Each pass removes at least one character, so this ends.
+        cut = max(1, round(excess * len(content) / n_content))
+        msgs[0]["content"] = content[cut:]
+
+
+def tokenise_example(tokenizer: PreTrainedTokenizerBase, messages: list[Message], response: str,
+                     *, template: RewardTemplate, targets: Targets | dict | None,
+                     max_prompt_tokens: int = 256, max_completion_tokens: int = 128) -> dict:
+    """``input_ids`` and ``labels`` for one (dialogue, reward targets, response) example.
+
+    Prompt and reward-block tokens are labelled -100; completion tokens, the end-of-turn token
+    included, keep their ids. A completion longer than ``max_completion_tokens`` is cut (and then
+    has no end-of-turn token: it did not end there).
+    """
+    prompt_msgs = fit_prompt(tokenizer, messages, template, targets, max_prompt_tokens)
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt_msgs), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(render_completion(tokenizer, prompt_msgs, response),
+                               add_special_tokens=False)["input_ids"][:max_completion_tokens]
+    return {"input_ids": prompt_ids + completion_ids,
+            "labels": [IGNORE] * len(prompt_ids) + list(completion_ids)}
+
+
+@dataclass
+class PadCollator:
+    """Pads ``input_ids`` (pad id), ``labels`` (-100) and builds the attention mask."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            row_ids, row_labels, row_mask = (list(f["input_ids"]), list(f["labels"]),
+                                             [1] * len(f["input_ids"]))
+            if self.padding_side == "left":
+                ids.append([self.pad_token_id] * pad + row_ids)
+                labels.append([IGNORE] * pad + row_labels)
+                mask.append([0] * pad + row_mask)
+            else:
+                ids.append(row_ids + [self.pad_token_id] * pad)
+                labels.append(row_labels + [IGNORE] * pad)
+                mask.append(row_mask + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "attention_mask": torch.tensor(mask)}

@@ -1,0 +1,311 @@
+"""One self-contained HTML report per run, built only from the run's files.
+
+The report never recomputes a metric: every number shown is read from ``metrics.json`` or
+``manifest.json``; ``eval/scores.jsonl`` and ``label/train.jsonl`` only supply raw points to plot
+and example generations. Figures are inline base64 PNGs and the CSS is inline, so the file can be
+mailed or archived alone. Optional inputs that are missing or unreadable turn their section into
+a "not available" note; ``metrics.json`` is required. Label statistics are read from
+``metrics["labels"][dim]`` (``mean``, ``std``, ``quantiles``, ``frac_below_0.1``,
+``frac_above_0.9``, as the label stage writes them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from ..runs import atomic_write_text, read_json, read_jsonl
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ddd;padding:.3em .6em;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;white-space:pre-wrap;word-break:break-word}
+.na{color:#888;font-style:italic}.note{color:#a60;font-size:.9em}img{max-width:100%}
+.ex{border:1px solid #ddd;margin:.6em 0;padding:.4em .8em}.ex pre{max-height:18em}
+"""
+_DASH = "&mdash;"
+_EXAMPLES_PER_END = 2  # lowest- and highest-target generations shown per dimension
+
+
+# ---------------------------------------------------------------- small helpers
+def _e(value: Any) -> str:
+    """Escape any text that came from data; responses can contain arbitrary markup."""
+    return escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _DASH
+    return f"{value:.{digits}f}"
+
+
+def _with_ci(d: dict, key: str, lo: str, hi: str) -> str:
+    if d.get(key) is None:
+        return _DASH
+    if d.get(lo) is None or d.get(hi) is None:
+        return _num(d[key])
+    return f"{_num(d[key])} [{_num(d[lo])}, {_num(d[hi])}]"
+
+
+def _na(what: str, why: str = "") -> str:
+    return f'<p class="na">{_e(what)} not available{": " + _e(why) if why else ""}.</p>'
+
+
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    """Cells are already HTML (escaped or formatted by the caller); no header row when None."""
+    head = "".join(f"<th>{h}</th>" for h in header or [])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+def _pre_json(obj: Any) -> str:
+    return f"<pre>{_e(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True))}</pre>"
+
+
+def _optional(path: Path, reader: Any) -> tuple[Any, str]:
+    """Read an optional input; on failure return ``(None, reason)`` for a "not available" note."""
+    if not path.is_file():
+        return None, f"{path.name} is missing"
+    try:
+        return reader(path), ""
+    except (OSError, ValueError) as exc:  # DataError and JSONDecodeError are ValueErrors
+        return None, f"{path.name} could not be read ({exc})"
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+
+
+def _model_metrics(metrics: dict, model: str, dim: str) -> dict:
+    """Controllability dict of ``model`` on ``dim``; the conditioned policy sits at the top."""
+    src = metrics if model == "conditioned" else metrics.get("baselines", {}).get(model, {})
+    d = src.get(dim)
+    return d if isinstance(d, dict) else {}
+
+
+def _points(scores: list[dict], model: str, dim: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in scores:
+        t, a = row.get("targets", {}).get(dim), row.get("actual", {}).get(dim)
+        if (row.get("model") == model and isinstance(t, (int, float))
+                and isinstance(a, (int, float))):
+            xs.append(float(t))
+            ys.append(float(a))
+    return xs, ys
+
+
+# ---------------------------------------------------------------- sections
+def _header(run_dir: Path, manifest: dict | None, why: str) -> str:
+    if manifest is None:
+        return f"<p>Run directory: <code>{_e(run_dir)}</code></p>" + _na("Manifest", why)
+    stages = manifest.get("stages", {})
+    total = manifest.get("total_wall_s",
+                         sum(s.get("wall_s", 0.0) for s in stages.values() if isinstance(s, dict)))
+    rows = [["Run directory", f"<code>{_e(run_dir)}</code>"],
+            ["Git commit", f"<code>{_e(manifest.get('git_commit') or 'unknown')}</code>"],
+            ["Created", _e(manifest.get("created", "unknown"))],
+            ["Total stage wall time", f"{_num(total, 1)} s"],
+            ["Peak RSS", f"{_num(manifest.get('peak_rss_mib'), 1)} MiB"]]
+    return _table(None, rows)
+
+
+def _headline(metrics: dict, dims: list[str], models: list[str]) -> str:
+    out = []
+    for dim in dims:
+        rows, notes = [], []
+        for model in models:
+            d = _model_metrics(metrics, model, dim)
+            if not d:
+                rows.append([_e(model)] + [_DASH] * 6)
+                continue
+            rows.append([_e(model), _e(d.get("n", "")),
+                         _with_ci(d, "pearson_r", "ci_low", "ci_high"),
+                         _with_ci(d, "spearman_r", "spearman_ci_low", "spearman_ci_high"),
+                         _with_ci(d, "slope", "slope_ci_low", "slope_ci_high"),
+                         _num(d.get("within_prompt_r")),
+                         _with_ci(d, "length_r", "length_ci_low", "length_ci_high")])
+            if d.get("note"):
+                notes.append(f"<p class='note'>{_e(model)}: {_e(d['note'])}</p>")
+        out.append(f"<h3>{_e(dim)}</h3>" + _table(
+            ["model", "n", "Pearson r [95% CI]", "Spearman &rho; [95% CI]", "slope [95% CI]",
+             "within-prompt r", "length r [95% CI]"], rows) + "".join(notes))
+    return "".join(out)
+
+
+def _figures(metrics: dict, dims: list[str], models: list[str], scores: list[dict] | None,
+             why: str) -> str:
+    from matplotlib.figure import Figure  # no pyplot: Figure renders through Agg, no GUI state
+
+    out = [] if scores is not None else [_na("Raw points (eval/scores.jsonl)", why)]
+    for dim in dims:
+        fig = Figure(figsize=(11, 4.2))
+        ax, ax_len = fig.subplots(1, 2)
+        for i, model in enumerate(models):
+            colour = f"C{i % 10}"
+            if scores:
+                xs, ys = _points(scores, model, dim)
+                ax.scatter(xs, ys, s=8, alpha=0.25, color=colour, linewidths=0)
+            bins = [b for b in _model_metrics(metrics, model, dim).get("bins", [])
+                    if b.get("mean_actual") is not None]
+            if not bins:
+                continue
+            mt = [b["mean_target"] for b in bins]
+            ma = [b["mean_actual"] for b in bins]
+            err = [[m - (b["actual_ci_low"] if b.get("actual_ci_low") is not None else m)
+                    for m, b in zip(ma, bins)],
+                   [(b["actual_ci_high"] if b.get("actual_ci_high") is not None else m) - m
+                    for m, b in zip(ma, bins)]]
+            ax.errorbar(mt, ma, yerr=err, fmt="o-", color=colour, capsize=3, label=model)
+            lens = [((b["lo"] + b["hi"]) / 2, b["mean_length"]) for b in bins
+                    if b.get("mean_length") is not None]
+            if lens:
+                ax_len.plot(*zip(*lens), "o-", color=colour, label=model)
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="y = x")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"target {dim}",
+               ylabel=f"actual {dim}", title=f"{dim}: target vs actual (bin means, 95% CI)")
+        ax.legend(fontsize=8)
+        ax_len.set(xlim=(0, 1), xlabel=f"target {dim} (bin centre)",
+                   ylabel="mean response length (tokens)", title="length per target bin")
+        if ax_len.lines:
+            ax_len.legend(fontsize=8)
+        out.append(f"<h3>{_e(dim)}</h3>{_png(fig)}")
+    return "".join(out)
+
+
+def _labels(metrics: dict, dims: list[str], train: list[dict] | None, why: str) -> str:
+    stats = metrics.get("labels") if isinstance(metrics.get("labels"), dict) else {}
+    out = []
+    if train is None:
+        out.append(_na("Label histogram (label/train.jsonl)", why))
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5 * len(dims), 3.4))
+        for ax, dim in zip(fig.subplots(1, len(dims), squeeze=False)[0], dims):
+            vals = [r["rewards"][dim] for r in train
+                    if isinstance(r.get("rewards", {}).get(dim), (int, float))]
+            ax.hist(vals, bins=20, range=(0, 1), color="C0", alpha=0.8)
+            s = stats.get(dim, {})
+            title = f"{dim} (n={len(vals)})"
+            if "frac_below_0.1" in s and "frac_above_0.9" in s:
+                title += f"\n<0.1: {_num(s['frac_below_0.1'])}, >0.9: {_num(s['frac_above_0.9'])}"
+            ax.set(xlabel=f"label {dim}", ylabel="count", title=title)
+        out.append(_png(fig))
+    if stats:
+        rows = [[_e(dim), _num(s.get("mean")), _num(s.get("std")),
+                 ", ".join(_num(q) for q in s.get("quantiles", [])) or _DASH,
+                 _num(s.get("frac_below_0.1")), _num(s.get("frac_above_0.9"))]
+                for dim, s in stats.items() if isinstance(s, dict)]
+        out.append(_table(["dimension", "mean", "std", "quantiles", "fraction &lt; 0.1",
+                           "fraction &gt; 0.9"], rows))
+    else:
+        out.append(_na("Label statistics (metrics.json: labels)"))
+    return "".join(out)
+
+
+def _rm(metrics: dict) -> str:
+    rm = metrics.get("rm")
+    if not isinstance(rm, dict) or not rm:
+        return _na("Reward-model accuracy (metrics.json: rm)")
+    rows = [[_e(dim), _with_ci(d, "accuracy", "ci_low", "ci_high"), _e(d.get("n_test", "")),
+             _num(d.get("train_seconds"), 1)] for dim, d in rm.items() if isinstance(d, dict)]
+    return _table(["dimension", "pairwise accuracy [95% CI]", "test pairs", "train s"], rows)
+
+
+def _stages(manifest: dict | None) -> str:
+    stages = (manifest or {}).get("stages")
+    if not stages:
+        return _na("Stage timings (manifest.json: stages)")
+    rows = [[_e(name), "yes" if s.get("done") else "no", _num(s.get("wall_s"), 1)]
+            for name, s in stages.items() if isinstance(s, dict)]
+    return _table(["stage", "done", "wall s"], rows)
+
+
+def _examples(scores: list[dict] | None, dims: list[str], why: str) -> str:
+    if scores is None:
+        return _na("Example generations (eval/scores.jsonl)", why)
+    out = []
+    for dim in dims:
+        rows = [r for r in scores if r.get("model") == "conditioned"
+                and isinstance(r.get("targets", {}).get(dim), (int, float))]
+        rows.sort(key=lambda r: r["targets"][dim])
+        k = _EXAMPLES_PER_END
+        picked = rows[:k] + rows[max(k, len(rows) - k):]  # no row twice when there are few
+        if not picked:
+            out.append(_na(f"Conditioned generations for {dim}"))
+            continue
+        out.append(f"<h3>{_e(dim)}: lowest and highest targets</h3>")
+        for r in picked:
+            prompt = r.get("prompt")
+            user = [m.get("content", "") for m in prompt if isinstance(m, dict)
+                    and m.get("role") == "user"] if isinstance(prompt, list) else [prompt or ""]
+            out.append(
+                f"<div class='ex'><b>id</b> {_e(r.get('id', ''))} &middot; <b>targets</b> "
+                f"{_e(json.dumps(r.get('targets', {})))} &middot; <b>actual</b> "
+                f"{_e(json.dumps(r.get('actual', {})))} &middot; <b>tokens</b> "
+                f"{_e(r.get('n_tokens', ''))}<br><b>prompt</b>"
+                f"<pre>{_e(str(user[-1] if user else '')[:800])}</pre>"
+                f"<b>response</b><pre>{_e(str(r.get('response', ''))[:2000])}</pre></div>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- entry point
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` (atomically) from the run's files and return its path."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"cannot build the report: {metrics_path} does not exist "
+                                "(run the evaluation stage first)")
+    metrics = read_json(metrics_path)
+    manifest, why_manifest = _optional(run_dir / "manifest.json", read_json)
+    scores, why_scores = _optional(run_dir / "eval" / "scores.jsonl", read_jsonl)
+    train, why_train = _optional(run_dir / "label" / "train.jsonl", read_jsonl)
+    dims = [str(d) for d in metrics.get("dimensions", [])]
+    models = ["conditioned"] + [str(m) for m in metrics.get("baselines", {})]
+
+    goal = metrics.get("goal")
+    body = [
+        f"<h1>rewardprompt report: {_e(run_dir.name)}</h1>",
+        _header(run_dir, manifest, why_manifest),
+        "<h2>Goal</h2>" + (_pre_json(goal) if goal else _na("Goal (metrics.json: goal)")),
+        "<h2>Controllability</h2><p>Actual reward regressed on the target reward in the "
+        "prompt; intervals resample prompts (cluster bootstrap).</p>",
+        _headline(metrics, dims, models) if dims else _na("Dimensions (metrics.json: dimensions)"),
+        "<h2>Target vs actual</h2>", _figures(metrics, dims, models, scores, why_scores),
+        "<h2>Training labels</h2><p>The reward distribution the policy was conditioned on.</p>",
+        _labels(metrics, dims, train, why_train) if dims else "",
+        "<h2>Reward-model accuracy</h2>", _rm(metrics),
+        "<h2>Stage wall times</h2>", _stages(manifest),
+        "<h2>Example generations</h2>", _examples(scores, dims, why_scores),
+        "<h2>Config</h2>",
+        _pre_json(manifest["config"]) if manifest and "config" in manifest else _na("Config"),
+        "<h2>Provenance</h2>",
+        _pre_json({k: manifest.get(k) for k in ("versions", "seeds", "data")}) if manifest
+        else _na("Provenance"),
+    ]
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>rewardprompt report: {_e(run_dir.name)}</title><style>{_CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")
+    return atomic_write_text(run_dir / "report.html", page)
+
+
+@dataclass
+class ReportConfig:
+    run: str  # the run directory
+
+
+def run_report(cfg: ReportConfig) -> dict:
+    """The CLI stage: ``rewardprompt report RUN``."""
+    return {"report": str(build_report(cfg.run))}

@@ -1,0 +1,203 @@
+"""The reward block: the one place that writes and reads rewards as text.
+
+    <REWARD>
+    Helpful reward: 0.42
+    Harmless reward: 0.75<SOS>
+
+Labelling, SFT, sampling and (later) the online loop all call :class:`RewardTemplate`, so a
+change of format is made once. Options: where the block goes (bottom of the prompt, i.e. the end
+of the last user turn, or top, the start of the first turn), decimals, duplication (the block
+repeated ``duplicate`` times), any number of named dimensions, satisficing targets (``>= 0.60``),
+and the encoding of the value: ``digits`` (plain decimals) or ``tokens`` (one dedicated token per
+quantile bin, ``<|r3|>``, as Quark does, which the tokenizer learns as a new embedding).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+Message = dict[str, str]
+
+
+class TemplateError(ValueError):
+    """A malformed reward block or an out-of-range target."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target reward for one dimension: ``value`` exactly, or satisficing (``>=``/``<=``)."""
+
+    value: float
+    op: Literal["=", ">=", "<="] = "="
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, (int, float)) or math.isnan(self.value) \
+                or not 0.0 <= self.value <= 1.0:
+            raise TemplateError(f"target {self.value!r} is outside [0, 1]")
+        if self.op not in ("=", ">=", "<="):
+            raise TemplateError(f"unknown target operator {self.op!r}")
+
+    @classmethod
+    def parse(cls, spec: Union[str, float, "Target"]) -> "Target":
+        """``0.4`` -> Target(0.4); ``">= 0.6"`` -> Target(0.6, ">=")."""
+        if isinstance(spec, Target):
+            return spec
+        if isinstance(spec, (int, float)):
+            return cls(float(spec))
+        m = re.fullmatch(r"\s*(>=|<=|=)?\s*([-+0-9.eE]+)\s*", str(spec))
+        if not m:
+            raise TemplateError(f"cannot read target {spec!r}: expected a number or '>= 0.6'")
+        try:
+            value = float(m.group(2))
+        except ValueError:
+            raise TemplateError(f"cannot read target {spec!r}: not a number") from None
+        return cls(value, m.group(1) or "=")
+
+
+Targets = dict[str, Target]
+
+
+@dataclass(frozen=True)
+class RewardTemplate:
+    """How the reward block is rendered into a dialogue and parsed back."""
+
+    dimensions: tuple[str, ...] = ("helpful", "harmless")
+    position: Literal["bottom", "top"] = "bottom"
+    decimals: int = 2
+    duplicate: int = 1
+    encoding: Literal["digits", "tokens"] = "digits"
+    n_bins: int = 10
+    open_tag: str = "<REWARD>"
+    close_tag: str = "<SOS>"
+    line_format: str = "{label} reward: {value}"
+    labels: dict[str, str] = field(default_factory=dict)  # dimension -> label; default Title case
+
+    def __post_init__(self) -> None:
+        if not self.dimensions:
+            raise TemplateError("a reward template needs at least one dimension")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise TemplateError(f"duplicate dimension names in {self.dimensions}")
+        if self.position not in ("bottom", "top"):
+            raise TemplateError(f"position must be 'bottom' or 'top', not {self.position!r}")
+        if self.duplicate < 1:
+            raise TemplateError("duplicate must be >= 1")
+        if not 0 <= self.decimals <= 6:
+            raise TemplateError("decimals must be in 0..6")
+        if self.encoding not in ("digits", "tokens"):
+            raise TemplateError(f"encoding must be 'digits' or 'tokens', not {self.encoding!r}")
+        if self.n_bins < 2:
+            raise TemplateError("n_bins must be >= 2")
+
+    # ------------------------------------------------------------ values
+    def label(self, dim: str) -> str:
+        return self.labels.get(dim, dim.replace("_", " ").capitalize())
+
+    def quantise(self, value: float) -> float:
+        """The value the model will actually see (rounded, or the centre of its bin)."""
+        if self.encoding == "digits":
+            return round(value, self.decimals)
+        b = min(int(value * self.n_bins), self.n_bins - 1)
+        return (b + 0.5) / self.n_bins
+
+    def extra_tokens(self) -> list[str]:
+        """New tokens the tokenizer must learn for this template (``tokens`` encoding only)."""
+        return [f"<|r{b}|>" for b in range(self.n_bins)] if self.encoding == "tokens" else []
+
+    def _fmt_value(self, t: Target) -> str:
+        if self.encoding == "digits":
+            v = f"{t.value:.{self.decimals}f}"
+        else:
+            v = f"<|r{min(int(t.value * self.n_bins), self.n_bins - 1)}|>"
+        return v if t.op == "=" else f"{t.op} {v}"
+
+    def _read_value(self, text: str) -> Target:
+        m = re.fullmatch(r"(>=|<=)?\s*(\S+)", text.strip())
+        if not m:
+            raise TemplateError(f"malformed reward value {text!r}")
+        op, raw = m.group(1) or "=", m.group(2)
+        if self.encoding == "digits":
+            if not re.fullmatch(r"-?\d+(\.\d+)?", raw):
+                raise TemplateError(f"malformed reward value {raw!r}: expected a decimal number")
+            return Target(float(raw), op)
+        mt = re.fullmatch(r"<\|r(\d+)\|>", raw)
+        if not mt or int(mt.group(1)) >= self.n_bins:
+            raise TemplateError(f"malformed reward token {raw!r}: expected <|r0|>..<|r{self.n_bins - 1}|>")
+        return Target((int(mt.group(1)) + 0.5) / self.n_bins, op)
+
+    def normalise_targets(self, targets: dict[str, Union[Target, float, str]]) -> Targets:
+        missing = [d for d in self.dimensions if d not in targets]
+        extra = [d for d in targets if d not in self.dimensions]
+        if missing or extra:
+            raise TemplateError(f"targets {sorted(targets)} do not match the template's "
+                                f"dimensions {list(self.dimensions)}")
+        return {d: Target.parse(targets[d]) for d in self.dimensions}
+
+    # ------------------------------------------------------------ render / parse
+    def render(self, targets: dict[str, Union[Target, float, str]]) -> str:
+        """The block text, duplicated ``duplicate`` times."""
+        ts = self.normalise_targets(targets)
+        lines = [self.line_format.format(label=self.label(d), value=self._fmt_value(ts[d]))
+                 for d in self.dimensions]
+        block = f"{self.open_tag}\n" + "\n".join(lines) + self.close_tag
+        return "\n".join([block] * self.duplicate)
+
+    def parse(self, text: str) -> Targets:
+        """Read the targets back from text holding exactly ``duplicate`` identical blocks."""
+        pattern = re.escape(self.open_tag) + r"\n(.*?)" + re.escape(self.close_tag)
+        bodies = re.findall(pattern, text, flags=re.S)
+        if not bodies:
+            raise TemplateError(f"no reward block ({self.open_tag} ... {self.close_tag}) found")
+        if len(bodies) != self.duplicate:
+            raise TemplateError(f"found {len(bodies)} reward blocks, the template duplicates "
+                                f"{self.duplicate}")
+        if any(b != bodies[0] for b in bodies):
+            raise TemplateError("duplicated reward blocks disagree")
+        by_label = {self.label(d): d for d in self.dimensions}
+        prefix, suffix = self.line_format.split("{value}")
+        out: Targets = {}
+        for line in bodies[0].split("\n"):
+            m = re.fullmatch(re.escape(prefix).replace(re.escape("{label}"), "(.+?)")
+                             + "(.*)" + re.escape(suffix), line)
+            if not m or m.group(1) not in by_label:
+                raise TemplateError(f"malformed reward line {line!r}")
+            dim = by_label[m.group(1)]
+            if dim in out:
+                raise TemplateError(f"dimension {dim!r} appears twice in the block")
+            out[dim] = self._read_value(m.group(2))
+        missing = [d for d in self.dimensions if d not in out]
+        if missing:
+            raise TemplateError(f"reward block lacks dimension(s) {missing}")
+        return out
+
+    def apply(self, messages: list[Message], targets: dict[str, Union[Target, float, str]] | None
+              ) -> list[Message]:
+        """A copy of the dialogue with the block put in (``targets=None``: unconditioned)."""
+        msgs = [dict(m) for m in messages]
+        if targets is None:
+            return msgs
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        if not users:
+            raise TemplateError("the dialogue has no user turn to carry the reward block")
+        block = self.render(targets)
+        if self.position == "bottom":
+            i = users[-1]
+            msgs[i]["content"] = msgs[i]["content"].rstrip() + "\n" + block
+        else:
+            i = users[0]
+            msgs[i]["content"] = block + "\n" + msgs[i]["content"].lstrip()
+        return msgs
+
+    def to_dict(self) -> dict:
+        return {"dimensions": list(self.dimensions), "position": self.position,
+                "decimals": self.decimals, "duplicate": self.duplicate,
+                "encoding": self.encoding, "n_bins": self.n_bins, "open_tag": self.open_tag,
+                "close_tag": self.close_tag, "line_format": self.line_format,
+                "labels": dict(self.labels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RewardTemplate":
+        d = dict(d)
+        d["dimensions"] = tuple(d.get("dimensions", ("helpful", "harmless")))
+        return cls(**d)

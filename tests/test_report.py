@@ -1,0 +1,108 @@
+"""The HTML report: one self-contained file built only from a run's files."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewardprompt.evaluate.metrics import accuracy_ci, controllability
+from rewardprompt.report.html import build_report
+from rewardprompt.runs import atomic_write_json, write_jsonl
+
+DIMS = ["helpful", "harmless"]
+EVIL = "<script>alert('x')</script> & \"quotes\""
+
+
+def _fake_run(run: Path, n_prompts: int = 30, per_prompt: int = 4) -> dict:
+    """A run directory with synthetic scores, metrics computed by controllability()."""
+    rng = np.random.default_rng(0)
+    scores, metrics = [], {"dimensions": DIMS, "baselines": {"uncond_sft": {}}}
+    for model, gain in [("conditioned", 0.8), ("uncond_sft", 0.0)]:
+        n = n_prompts * per_prompt
+        groups = np.repeat(np.arange(n_prompts), per_prompt)
+        t = {d: rng.uniform(size=n) for d in DIMS}
+        a = {d: np.clip(0.1 + gain * t[d] + rng.normal(0, 0.1, n), 0, 1) for d in DIMS}
+        lengths = rng.integers(10, 200, n)
+        for i in range(n):
+            scores.append({"id": f"{model}-{i}", "model": model,
+                           "targets": {d: round(float(t[d][i]), 3) for d in DIMS},
+                           "actual": {d: round(float(a[d][i]), 3) for d in DIMS},
+                           "n_tokens": int(lengths[i]),
+                           "response": EVIL if i == 0 else f"response {i}",
+                           "prompt": [{"role": "user", "content": f"question {groups[i]} <b>"}]})
+        # The <script> row must be among the examples shown: give it the lowest target.
+        if model == "conditioned":
+            scores[0]["targets"] = {d: 0.0 for d in DIMS}
+            t = {d: np.r_[0.0, t[d][1:]] for d in DIMS}
+        for d in DIMS:
+            m = controllability(t[d], a[d], lengths, groups=groups, n_boot=200)
+            (metrics if model == "conditioned" else metrics["baselines"]["uncond_sft"])[d] = m
+    metrics["rm"] = {d: {**accuracy_ci(rng.uniform(size=200) < 0.7, n_boot=200),
+                         "n_test": 200, "train_seconds": 12.5} for d in DIMS}
+    labels = {d: rng.beta(2, 2, 300) for d in DIMS}
+    metrics["labels"] = {d: {"mean": float(v.mean()), "std": float(v.std()),
+                             "quantiles": [float(q) for q in np.quantile(v, [0, .5, 1])],
+                             "frac_below_0.1": float(np.mean(v < 0.1)),
+                             "frac_above_0.9": float(np.mean(v > 0.9))} for d, v in labels.items()}
+    metrics["goal"] = {"helpful r > 0.5": "pass"}
+    atomic_write_json(run / "metrics.json", metrics)
+    atomic_write_json(run / "manifest.json", {
+        "config": {"model": "tiny", "note": "</pre><script>bad()</script>"},
+        "versions": {"python": "3.12"}, "git_commit": "abc123", "seeds": {"global": 0},
+        "data": {"train": {"path": "x.jsonl", "hash": "sha256:00"}},
+        "stages": {"label": {"done": True, "wall_s": 3.25}, "sft": {"done": True, "wall_s": 40.0}},
+        "peak_rss_mib": 512.0, "created": "2025-01-01T00:00:00"})
+    write_jsonl(run / "eval" / "scores.jsonl", scores)
+    write_jsonl(run / "label" / "train.jsonl",
+                [{"id": str(i), "prompt": [], "response": "r", "source": "chosen",
+                  "rewards": {d: float(labels[d][i]) for d in DIMS}} for i in range(300)])
+    return metrics
+
+
+def test_report_is_self_contained_and_shows_metrics(tmp_path: Path) -> None:
+    metrics = _fake_run(tmp_path)
+    before = {p for p in tmp_path.rglob("*")}
+    out = build_report(tmp_path)
+    assert out == tmp_path / "report.html"
+    assert {p for p in tmp_path.rglob("*")} - before == {out}  # one file, no temp/PNG leftovers
+    html = out.read_text(encoding="utf-8")
+    assert html.count('<img alt="figure" src="data:image/png;base64,') == len(DIMS) + 1
+    assert not re.search(r"https?://", html)
+    for d in DIMS:
+        for m in (metrics[d], metrics["baselines"]["uncond_sft"][d]):
+            assert f"{m['pearson_r']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" in html
+            assert f"{m['slope']:.3f}" in html and f"{m['within_prompt_r']:.3f}" in html
+        assert f"{metrics['rm'][d]['accuracy']:.3f}" in html
+        assert f"{metrics['labels'][d]['frac_below_0.1']:.3f}" in html
+    assert "abc123" in html and "40.0" in html and "512.0" in html
+    # Data text is escaped: no markup from responses, prompts or the config reaches the page.
+    assert "<script" not in html and "question 0 <b>" not in html
+    assert "question 0 &lt;b&gt;" in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot;" in html
+    assert "&lt;/pre&gt;&lt;script&gt;bad()" in html
+
+
+def test_missing_optional_files_say_not_available(tmp_path: Path) -> None:
+    _fake_run(tmp_path)
+    for name in ("manifest.json", "eval/scores.jsonl", "label/train.jsonl"):
+        (tmp_path / name).unlink()
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert html.count("not available") >= 4
+    assert "scores.jsonl is missing" in html and "train.jsonl is missing" in html
+    assert "data:image/png;base64," in html  # bin means still plotted from metrics.json
+
+
+def test_minimal_metrics_and_corrupt_optional_file(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text('{"dimensions": ["helpful"]}', encoding="utf-8")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "scores.jsonl").write_text("{not json\n", encoding="utf-8")
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "could not be read" in html and "Reward-model accuracy" in html
+
+
+def test_missing_metrics_raises_with_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "metrics.json"))):
+        build_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
