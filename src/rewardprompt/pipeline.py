@@ -36,7 +36,8 @@ class DemoConfig:
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
     lr: float = 1e-3
-    steps: int = 100
+    steps: int = 150
+    bf16_cpu: bool = True                   # bf16 autocast on CPU: 1.5x faster steps here
     batch_size: int = 8
     max_prompt_tokens: int = 96
     max_completion_tokens: int = 48
@@ -137,6 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _update_metrics(run, labels=labels["labels"])
 
     sft_common = dict(data=str(label_out), model=cfg.policy, template=template, lora=cfg.lora,
+                      bf16_cpu=cfg.bf16_cpu,
                       lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size,
                       max_prompt_tokens=cfg.max_prompt_tokens,
                       max_completion_tokens=cfg.max_completion_tokens, seed=cfg.seed,

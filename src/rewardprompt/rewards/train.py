@@ -30,6 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..errors import DataError
+from ..evaluate.metrics import accuracy_ci
 from ..runs import atomic_write_json, iter_jsonl, to_jsonable, write_jsonl
 from .model import TURNS, RewardModel, prompt_context
 from .normaliser import EmpiricalCDFNormaliser
@@ -54,28 +55,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def bootstrap_ci(wins: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``wins`` (one 0/1 per pair), resampling pairs."""
-    wins = np.asarray(wins, dtype=float)
-    if wins.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = wins[rng.integers(0, wins.size, size=(resamples, wins.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
 def _accuracy_from_raw(chosen_raw: np.ndarray, rejected_raw: np.ndarray) -> dict[str, Any]:
     # Compared on raw scores: the normaliser is monotone, so the order is the same, but its
     # clipping at the ends of the training range would turn some wins into ties.
     wins = (np.asarray(chosen_raw) > np.asarray(rejected_raw)).astype(float)
-    if wins.size == 0:
-        return {"accuracy": None, "ci_low": None, "ci_high": None, "n": 0}
-    lo, hi = bootstrap_ci(wins)
-    return {"accuracy": round(float(wins.mean()), 4), "ci_low": round(lo, 4),
-            "ci_high": round(hi, 4), "n": int(wins.size)}
+    return accuracy_ci(wins, n_boot=BOOTSTRAP_RESAMPLES)
 
 
 def pairwise_accuracy(model: RewardModel, pairs: Sequence[Any],
