@@ -6,6 +6,7 @@ clipped to what SFT will train on, so the reward describes exactly the text the 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ class LabelConfig:
     policy: str = "smollm2-135m-instruct"            # its tokenizer decides the clipping
     max_completion_tokens: int = 64
     batch_size: int = 32
+    prefixes: int = 0   # also label up to k sentence-prefixes of each response (more samples
+                        # per prompt that differ only in where they stop)
 
 
 def clip_response(tokenizer, text: str, max_tokens: int) -> str:
@@ -35,6 +38,19 @@ def clip_response(tokenizer, text: str, max_tokens: int) -> str:
     end = max(ends)
     # Keep a sentence boundary only if it keeps at least half the text.
     return (cut[:end + 1] if end >= len(cut) // 2 else cut).strip()
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?:])(?<!\d\.)\s+|\n+")  # "1." of a list is no end
+
+
+def sentence_prefixes(text: str, k: int) -> list[str]:
+    """Up to ``k`` proper prefixes of ``text`` that end at sentence ends, evenly spread."""
+    cuts = [m.start() for m in _SENTENCE_END.finditer(text) if 0 < m.start() < len(text.rstrip())]
+    if not cuts or k <= 0:
+        return []
+    m = min(k, len(cuts))
+    picks = sorted({cuts[round(i * (len(cuts) - 1) / max(1, m - 1))] for i in range(m)})
+    return [text[:c].strip() for c in picks]
 
 
 def run_label(cfg: LabelConfig) -> dict:
@@ -56,6 +72,8 @@ def run_label(cfg: LabelConfig) -> dict:
     for r in rows:
         r["response"] = clip_response(tok, r["response"], cfg.max_completion_tokens)
     rows = [r for r in rows if r["response"]]
+    rows += [{**r, "id": f"{r['id']}:prefix{j}", "response": p, "source": f"{r['source']}-prefix"}
+             for r in list(rows) for j, p in enumerate(sentence_prefixes(r["response"], cfg.prefixes))]
     prompts = [r["prompt"] for r in rows]
     responses = [r["response"] for r in rows]
     stats = {}

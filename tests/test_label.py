@@ -1,0 +1,44 @@
+"""The label stage: clipping, sentence prefixes, and rewards from every dimension's scorer."""
+from __future__ import annotations
+
+from transformers import AutoTokenizer
+
+from rewardprompt.label import LabelConfig, clip_response, run_label, sentence_prefixes
+from rewardprompt.runs import read_jsonl, write_jsonl
+
+
+def test_sentence_prefixes_end_at_sentences():
+    text = "Preheat the oven: 1. Season it. 2. Bake it! Serve it hot? Enjoy"
+    got = sentence_prefixes(text, 10)
+    assert got == ["Preheat the oven:", "Preheat the oven: 1. Season it.",
+                   "Preheat the oven: 1. Season it. 2. Bake it!",
+                   "Preheat the oven: 1. Season it. 2. Bake it! Serve it hot?"]
+    assert len(sentence_prefixes(text, 2)) == 2
+    assert sentence_prefixes("no end here", 3) == [] and sentence_prefixes(text, 0) == []
+
+
+def test_clip_response_cuts_at_a_sentence(tiny_policy):
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    text = "Sure! Here is a list. " * 20
+    clipped = clip_response(tok, text, 40)
+    assert len(tok(clipped, add_special_tokens=False)["input_ids"]) <= 40
+    assert clipped.endswith((".", "!"))
+    assert clip_response(tok, "Short.", 40) == "Short."
+
+
+def test_label_writes_rewards_per_dimension(tmp_path, tiny_policy):
+    write_jsonl(tmp_path / "pairs.jsonl", [
+        {"id": "a", "prompt": [{"role": "user", "content": "hi"}],
+         "chosen": "Sure. Here you go. Bye.", "rejected": "I'm sorry, no."}])
+    out = tmp_path / "train.jsonl"
+    res = run_label(LabelConfig(pairs=[str(tmp_path / "pairs.jsonl")], policy=str(tiny_policy),
+                                scorers={"length": "synthetic:length:4",
+                                         "sorry": "synthetic:keyword:sorry"},
+                                out=str(out), prefixes=2))
+    rows = read_jsonl(out)
+    assert res["n"] == len(rows) == 4  # chosen, rejected, two prefixes of the chosen reply
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["a:rejected"]["rewards"] == {"length": 0.75, "sorry": 1.0}
+    assert by_id["a:chosen"]["rewards"] == {"length": 1.0, "sorry": 0.0}
+    assert {r["source"] for r in rows} == {"chosen", "rejected", "chosen-prefix"}
+    assert set(res["labels"]) == {"length", "sorry"}
