@@ -42,3 +42,21 @@ def test_label_writes_rewards_per_dimension(tmp_path, tiny_policy):
     assert by_id["a:chosen"]["rewards"] == {"length": 1.0, "sorry": 0.0}
     assert {r["source"] for r in rows} == {"chosen", "rejected", "chosen-prefix"}
     assert set(res["labels"]) == {"length", "sorry"}
+
+
+def test_clipped_replies_keep_their_end_of_turn_token(tmp_path, tiny_policy):
+    from rewardprompt.policy.tokenise import tokenise_example
+    from rewardprompt.template import RewardTemplate
+
+    write_jsonl(tmp_path / "pairs.jsonl", [
+        {"id": "a", "prompt": [{"role": "user", "content": "hi"}],
+         "chosen": "Sure! Here is a list. " * 30, "rejected": "No. " * 40}])
+    run_label(LabelConfig(pairs=[str(tmp_path / "pairs.jsonl")], policy=str(tiny_policy),
+                          scorers={"length": "synthetic:length:4"}, out=str(tmp_path / "t.jsonl"),
+                          max_completion_tokens=16))
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    end = tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    for r in read_jsonl(tmp_path / "t.jsonl"):
+        ex = tokenise_example(tok, r["prompt"], r["response"], template=RewardTemplate(("length",)),
+                              targets=r["rewards"], max_completion_tokens=16)
+        assert ex["labels"][-len(end):] == end  # the clipped reply still ends its turn

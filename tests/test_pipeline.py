@@ -41,7 +41,7 @@ def test_every_stage_and_outputs(clean_run):
     manifest = json.loads((clean_run / "manifest.json").read_text())
     stages = manifest["stages"]
     for s in ["data", "rm_helpful", "rm_harmless", "label", "sft_conditioned", "sft_uncond_sft",
-              "generate_conditioned", "generate_uncond_sft", "evaluate", "report"]:
+              "generate_conditioned", "generate_uncond_sft", "evaluate", "elo", "report"]:
         assert stages[s]["done"] and stages[s]["wall_s"] >= 0, s
     for key in ("config", "versions", "git_commit", "seeds", "data", "peak_rss_mib"):
         assert key in manifest
@@ -62,6 +62,9 @@ def test_every_stage_and_outputs(clean_run):
     cond = [json.loads(l) for l in (clean_run / "generate/conditioned.jsonl").open()]
     base = [json.loads(l) for l in (clean_run / "generate/uncond_sft.jsonl").open()]
     assert [r["targets"] for r in cond] == [r["targets"] for r in base]
+    assert all(r["conditioned"] for r in cond) and not any(r["conditioned"] for r in base)
+    meta = json.loads((clean_run / "sft/uncond_sft/final/rewardprompt.json").read_text())
+    assert meta["conditioned"] is False and meta["template"]["dimensions"] == ["helpful", "harmless"]
 
 
 def test_rerun_skips_done_stages(clean_run, tiny_policy, tiny_encoder):

@@ -15,12 +15,14 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from rewardprompt.data import load_preferences, split_pairs
 from rewardprompt.errors import DataError
-from rewardprompt.rewards.model import RewardModel, prompt_context
+from rewardprompt.rewards.model import RewardEnsemble, RewardModel, prompt_context
 from rewardprompt.rewards.normaliser import EmpiricalCDFNormaliser
 from rewardprompt.rewards.scorer import Scorer, load_scorer
 from rewardprompt.rewards.train import (METRICS, RMEvalConfig, RMScoreConfig, RMTrainConfig,
-                                        evaluate_reward_model, score_file,
+                                        _bt_loss, assign_half, bradley_terry_ece,
+                                        evaluate_reward_model, score_file, select_half,
                                         train_reward_model)
 from rewardprompt.runs import read_jsonl, write_jsonl
 
@@ -251,6 +253,9 @@ def test_score_file(trained, tmp_path):
     write_jsonl(bad, [rows[0], {"prompt": rows[0]["prompt"]}])
     with pytest.raises(DataError, match=r"line 2.*'response'"):
         score_file(RMScoreConfig(rm=str(out), input=str(bad), output=str(tmp_path / "x.jsonl")))
+    write_jsonl(bad, [rows[0], {"prompt": rows[0]["prompt"], "response": 3}])
+    with pytest.raises(DataError, match=r"line 2, field 'response': missing or not a string"):
+        score_file(RMScoreConfig(rm=str(out), input=str(bad), output=str(tmp_path / "x.jsonl")))
     assert not (tmp_path / "x.jsonl").exists()
 
 
@@ -258,3 +263,224 @@ def test_rm_config_records_options(trained):
     out, _ = trained
     opts = json.loads((out / "rm_config.json").read_text())
     assert opts["max_length"] == 32 and opts["turns"] == "last" and opts["pooling"] == "mean"
+
+
+# ---------------------------------------------------------------- calibration and eval report
+def test_bradley_terry_ece_known_values():
+    # sigmoid(log 3) = 0.75 and the chosen reply wins: confidence 0.75, accuracy 1, ECE 0.25.
+    assert bradley_terry_ece(np.log([3.0, 3.0]), np.zeros(2)) == pytest.approx(0.25)
+    # Both pairs at 0.75 in the model's favour, one of them lost: accuracy 0.5, ECE 0.25.
+    assert bradley_terry_ece(np.log([3.0, 1.0]), np.log([1.0, 3.0])) == pytest.approx(0.25)
+    assert bradley_terry_ece(np.zeros(3), np.zeros(3)) == 0.0  # ties forecast 1/2: calibrated
+    assert bradley_terry_ece(np.empty(0), np.empty(0)) is None
+    # Outcomes drawn from the forecast itself are calibrated; the same outcomes with 5x the
+    # score gaps are overconfident.
+    rng = np.random.default_rng(0)
+    gap = rng.normal(scale=2.0, size=20000)
+    won = rng.random(gap.size) < 1 / (1 + np.exp(-gap))
+    chosen, rejected = np.where(won, gap, 0.0), np.where(won, 0.0, gap)
+    assert bradley_terry_ece(chosen, rejected) < 0.02
+    assert bradley_terry_ece(5 * chosen, 5 * rejected) > 0.1
+
+
+def test_evaluate_reports_calibration_means_and_figure(trained, tmp_path):
+    out, _ = trained
+    rows = _pairs(seed=3, n=40)
+    path = tmp_path / "eval.jsonl"
+    write_jsonl(path, rows)
+    fig = tmp_path / "figs" / "rewards.png"
+    result = evaluate_reward_model(RMEvalConfig(rm=str(out), data=str(path), figure=str(fig)))
+    model = RewardModel.load(out)
+    prompts = [r["prompt"] for r in rows]
+    c = model.score_raw(prompts, [r["chosen"] for r in rows])
+    r = model.score_raw(prompts, [r["rejected"] for r in rows])
+    assert result["ece"] == pytest.approx(bradley_terry_ece(c, r), abs=1e-6)
+    assert 0.0 <= result["ece"] <= 1.0
+    assert result["mean_raw_chosen"] == pytest.approx(float(c.mean()), abs=1e-5)
+    assert result["mean_raw_chosen"] > result["mean_raw_rejected"]
+    assert result["mean_reward_chosen"] > result["mean_reward_rejected"]
+    assert 0 <= result["mean_reward_rejected"] <= result["mean_reward_chosen"] <= 1
+    assert result["skipped_identical"] == 0 and result["n"] == 40
+    assert result["figure"] == str(fig)
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in fig.parent.iterdir()] == ["rewards.png"]  # no temp file left
+
+
+# ---------------------------------------------------------------- bad input
+def _write_rows_with_blank_line(path: Path, rows: list[dict]) -> None:
+    """JSONL with a blank second line, so pair positions and line numbers differ."""
+    lines = [json.dumps(r) for r in rows]
+    path.write_text("\n".join(lines[:1] + [""] + lines[1:]) + "\n")
+
+
+def test_identical_pairs_are_skipped_and_counted_or_raise(tiny_encoder, trained, tmp_path,
+                                                          capsys):
+    rows = _pairs(seed=6, n=40)
+    for i in (1, 5):  # line 3 (after the blank line 2) and line 7
+        rows[i]["rejected"] = rows[i]["chosen"]
+    path = tmp_path / "ident.jsonl"
+    _write_rows_with_blank_line(path, rows)
+    cfg = RMTrainConfig(data=str(path), out=str(tmp_path / "rm"), base_model=tiny_encoder,
+                        max_length=32, test_fraction=0.0)
+    metrics = train_reward_model(cfg)
+    assert metrics["skipped_identical"] == 2 and metrics["n_train"] == 38
+    assert "skipped 2 pair(s) whose chosen and rejected replies are identical" in \
+        capsys.readouterr().err
+    cfg.drop_identical = False
+    with pytest.raises(DataError, match=r"ident\.jsonl, line 3, field 'rejected': pair id "
+                                        r"'p6-1'.*same text.*2 such pair"):
+        train_reward_model(cfg)
+
+    out, _ = trained
+    result = evaluate_reward_model(RMEvalConfig(rm=str(out), data=str(path)))
+    assert result["skipped_identical"] == 2 and result["n"] == 38
+    with pytest.raises(DataError, match=r"line 3, field 'rejected'.*'p6-1'"):
+        evaluate_reward_model(RMEvalConfig(rm=str(out), data=str(path), drop_identical=False))
+
+
+def test_empty_texts_are_rejected_by_index(tiny_encoder):
+    m = RewardModel.from_base(tiny_encoder, max_length=32)
+    prompts = [[{"role": "user", "content": "tell me about the car"}]] * 3
+    # A policy that ends its turn at once gave a real answer: it is scored, not refused.
+    assert np.isfinite(m.score_raw(prompts, ["it is great", "so great", ""])).all()
+    with pytest.raises(ValueError, match="response 2 is not a string"):
+        m.score_raw(prompts, ["it is great", "so great", None])
+    with pytest.raises(ValueError, match="prompt context 1 is empty"):
+        m.score_raw([prompts[0], [{"role": "user", "content": ""}], prompts[0]],
+                    ["it is great"] * 3)
+    with pytest.raises(ValueError, match="prompt context 0 is empty"):  # embeddings too
+        m.embed_texts(["", "the car"], ["great", "great"])
+
+
+def test_non_finite_scores_are_rejected_by_index(tiny_encoder):
+    m = RewardModel.from_base(tiny_encoder, max_length=32)
+    prompts = [[{"role": "user", "content": "tell me about the car"}]] * 3
+    responses = ["the car is great", "it is so great", "the car is awful"]
+    assert np.isfinite(m.score_raw(prompts, responses)).all()
+    with torch.no_grad():  # a corrupt embedding row: every text with "awful" scores NaN
+        m.encoder.get_input_embeddings().weight[m.tokenizer.convert_tokens_to_ids(BAD)] = np.nan
+    with pytest.raises(ValueError, match=r"1 NaN score\(s\), first at index 2"):
+        m.score_raw(prompts, responses)
+    with torch.no_grad():
+        m.head.bias.fill_(float("inf"))
+    with pytest.raises(ValueError, match=r"infinite score\(s\), first at index 0"):
+        m.score_raw(prompts[:2], responses[:2])
+
+
+def _small_vocab_encoder(tiny_encoder: str, folder: Path) -> Path:
+    """A BERT with 5 fewer embedding rows than the tiny tokenizer has tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    cfg = BertConfig(vocab_size=len(tok) - 5, hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_tokenizer_model_mismatch_is_a_clear_error(tiny_encoder, tmp_path):
+    from transformers import AutoTokenizer
+
+    n_tok = len(AutoTokenizer.from_pretrained(tiny_encoder))
+    mismatched = tmp_path / "mismatched"
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(mismatched)
+    _small_vocab_encoder(tiny_encoder, mismatched)
+    with pytest.raises(ValueError, match=rf"mismatched.*tokenizer has {n_tok} tokens.*only "
+                                         rf"{n_tok - 5} rows"):
+        RewardModel.from_base(mismatched)
+
+    m = RewardModel.from_base(tiny_encoder, max_length=32)
+    m.normaliser = EmpiricalCDFNormaliser.fit([0.0, 1.0])
+    folder = m.save(tmp_path / "swapped-rm")
+    _small_vocab_encoder(tiny_encoder, folder / "encoder")  # weights replaced, tokenizer kept
+    with pytest.raises(ValueError, match=rf"swapped-rm/encoder.*{n_tok} tokens.*{n_tok - 5} rows"):
+        RewardModel.load(folder)
+
+
+# ---------------------------------------------------------------- training options
+def test_margin_loss_and_option_checks():
+    rc, rr = torch.tensor([2.0, 0.5]), torch.tensor([0.0, 0.0])
+    expected = -torch.nn.functional.logsigmoid(rc - rr - 1.0).mean()
+    assert torch.allclose(_bt_loss(rc, rr, margin=1.0), expected)
+    assert _bt_loss(rc, rr, margin=1.0) > _bt_loss(rc, rr)
+    for kwargs, msg in [({"margin": 0.5}, "margin=0.5 is not supported with freeze_encoder"),
+                        ({"margin": -1.0, "freeze_encoder": False}, "margin must be"),
+                        ({"ensemble": 3}, "ensemble=3 needs freeze_encoder=False"),
+                        ({"ensemble": 0, "freeze_encoder": False}, "ensemble must be"),
+                        ({"half": "third"}, "half must be one of")]:
+        with pytest.raises(ValueError, match=msg):
+            RMTrainConfig(data="x", out="y", **kwargs).validate()
+
+
+def test_margin_training_learns_and_is_recorded(tiny_encoder, pref_file, tmp_path):
+    out = tmp_path / "margin-rm"
+    metrics = train_reward_model(RMTrainConfig(
+        data=str(pref_file), out=str(out), base_model=tiny_encoder, freeze_encoder=False,
+        epochs=4, lr=1e-3, head_lr=1e-2, max_length=32, margin=1.0))
+    assert metrics["accuracy"] >= 0.9, metrics
+    saved = json.loads((out / METRICS).read_text())["config"]
+    assert (saved["margin"], saved["ensemble"], saved["half"], saved["seed"]) == (1.0, 1, None, 0)
+
+
+def test_ensemble_trains_saves_loads_and_scores_the_member_mean(tiny_encoder, pref_file,
+                                                                tmp_path):
+    out = tmp_path / "ens-rm"
+    metrics = train_reward_model(RMTrainConfig(
+        data=str(pref_file), out=str(out), base_model=tiny_encoder, freeze_encoder=False,
+        epochs=4, lr=1e-3, head_lr=1e-2, max_length=32, ensemble=2, seed=7, limit=80))
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert len(metrics["member_accuracy"]) == 2
+    assert metrics["config"]["ensemble"] == 2 and metrics["config"]["seed"] == 7
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["member-0", "member-1", "rm_config.json", "normaliser.json", METRICS])
+    assert sorted(p.name for p in (out / "member-0").iterdir()) == sorted(
+        ["encoder", "head.safetensors", "rm_config.json"])
+    assert json.loads((out / "normaliser.json").read_text())["n_fit"] == 2 * metrics["n_train"]
+
+    ens = RewardModel.load(out)
+    assert isinstance(ens, RewardEnsemble) and isinstance(ens, Scorer)
+    assert ens.name == "ens-rm" and len(ens.members) == 2
+    scorer = load_scorer(out)
+    assert isinstance(scorer, RewardEnsemble) and scorer.name == "ens-rm"
+    rows = _pairs(seed=8, n=20)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    per_member = ens.score_raw_members(prompts, responses)
+    assert per_member.shape == (2, 20)
+    assert not np.allclose(per_member[0], per_member[1])  # seeds 7 and 8 differ
+    np.testing.assert_allclose(ens.score_raw(prompts, responses), per_member.mean(0), atol=1e-6)
+    np.testing.assert_allclose(ens.score(prompts, responses),
+                               ens.normaliser(per_member.mean(0)), atol=1e-6)
+    # Evaluation and file scoring take the ensemble folder like a single model's.
+    path = tmp_path / "eval.jsonl"
+    write_jsonl(path, rows)
+    assert evaluate_reward_model(RMEvalConfig(rm=str(out), data=str(path)))["accuracy"] >= 0.9
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
+    assert score_file(RMScoreConfig(rm=str(out), input=str(src), output=str(dst)))["n"] == 20
+    (out / "normaliser.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ens-rm.*normaliser\.json"):
+        RewardModel.load(out)
+
+
+def test_half_split_gives_disjoint_deterministic_training_halves(tiny_encoder, pref_file,
+                                                                 tmp_path):
+    train, _ = split_pairs(load_preferences(str(pref_file)), test_fraction=0.2)
+    first, second = select_half(train, "first"), select_half(train, "second")
+    assert len(first) + len(second) == len(train)
+    assert not {p.id for p in first} & {p.id for p in second}
+    assert 0.3 < len(first) / len(train) < 0.7
+    assert [assign_half(p) for p in train] == [assign_half(p) for p in train]
+    assert select_half(train, None) == train
+
+    # The labelling RM on one half, the held-out test RM on the other with another seed.
+    labelling = train_reward_model(RMTrainConfig(
+        data=str(pref_file), out=str(tmp_path / "label-rm"), base_model=tiny_encoder,
+        max_length=32, half="first", seed=0))
+    test_rm = train_reward_model(RMTrainConfig(
+        data=str(pref_file), out=str(tmp_path / "test-rm"), base_model=tiny_encoder,
+        max_length=32, half="second", seed=1))
+    assert labelling["n_train"] == len(first) and test_rm["n_train"] == len(second)
+    assert labelling["n_test"] == test_rm["n_test"]  # the same held-out pairs for both
+    saved = json.loads((tmp_path / "test-rm" / METRICS).read_text())["config"]
+    assert (saved["half"], saved["seed"], saved["ensemble"], saved["margin"]) == \
+        ("second", 1, 1, 0.0)

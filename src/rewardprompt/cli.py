@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "evaluate": ("rewardprompt.evaluate.controllability:EvaluateConfig",
                  "rewardprompt.evaluate.controllability:run_evaluate", (),
                  "target-vs-actual controllability"),
+    "elo": ("rewardprompt.rewards.elo:EloConfig", "rewardprompt.rewards.elo:run_elo", (),
+            "Elo and Bradley-Terry ratings of models on the same prompts, judged by a scorer"),
     "report": ("rewardprompt.report.html:ReportConfig", "rewardprompt.report.html:run_report",
                ("run",), "build RUN/report.html from the run's files"),
     "demo": ("rewardprompt.pipeline:DemoConfig", "rewardprompt.pipeline:run_demo", (),
@@ -120,14 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(loaded, dict):
                 raise ValueError(f"{config_file}: expected a mapping of config keys")
             defaults.update(loaded)
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if defaults and not any(r not in defaults for r in required):
+        if defaults:
+            # Required fields the file does not give stay required on the command line.
+            for f in dataclasses.fields(cls):
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    defaults.setdefault(f.name, tyro.MISSING)
             cfg = tyro.cli(cls, args=rest, default=_from_dict(cls, defaults),
                            prog=f"rewardprompt {name}")
-        elif defaults:
-            raise ValueError(f"{config_file or preset}: missing required key(s) "
-                             f"{', '.join(r for r in required if r not in defaults)}")
         else:
             cfg = tyro.cli(cls, args=rest, prog=f"rewardprompt {name}")
         result = fn(cfg)

@@ -17,8 +17,9 @@ class GenerateConfig:
     model: str = "runs/demo/sft/conditioned/final"
     out: str = "runs/demo/generate/conditioned.jsonl"
     label: str = "conditioned"          # the model's name in the outputs
-    conditioned: bool = True            # False: no reward block (baselines); targets still recorded
-    template: dict = field(default_factory=dict)
+    # None: as the policy was fine-tuned (its rewardprompt.json), else block on, default template.
+    conditioned: bool | None = None     # False: no reward block (baselines); targets still recorded
+    template: dict | None = None
     targets: list[str] = field(default_factory=list)  # e.g. ["0.1", "0.9", ">= 0.6"]; [] = draw
     samples_per_prompt: int = 4
     max_prompt_tokens: int = 192
@@ -42,13 +43,33 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
     from .policy.tokenise import fit_prompt
 
-    template = RewardTemplate.from_dict(cfg.template) if cfg.template else RewardTemplate()
+    from .policy.sft import read_policy_meta
+
+    meta = read_policy_meta(cfg.model)
+    for key in ("template", "conditioned"):
+        given = getattr(cfg, key)
+        trained = meta.get(key)
+        if key == "template" and given is not None and trained is not None:
+            given = RewardTemplate.from_dict(given).to_dict()
+        if given is not None and trained is not None and given != trained:
+            raise ValueError(f"{cfg.model} was fine-tuned with {key}={trained}, not {given}; "
+                             "sampling it with another block would measure a prompt it never saw")
+    template = RewardTemplate.from_dict(cfg.template if cfg.template is not None
+                                        else meta.get("template", {}))
+    conditioned = cfg.conditioned if cfg.conditioned is not None else meta.get("conditioned", True)
     rows = read_jsonl(cfg.prompts)
     jobs = []
     if cfg.targets:
-        per_prompt = [{d: Target.parse(t) for d in template.dimensions} for t in cfg.targets]
+        given = [Target.parse(t) for t in cfg.targets]
+        rng = np.random.default_rng(cfg.sampling.seed)
         for r in rows:
-            jobs += [(r, t) for t in per_prompt]
+            # Every prompt gets every given target in each dimension, paired independently
+            # across dimensions (a fresh permutation each), so one dimension's r never measures
+            # control over another.
+            perms = {d: (np.arange(len(given)) if i == 0 else rng.permutation(len(given)))
+                     for i, d in enumerate(template.dimensions)}
+            jobs += [(r, {d: given[perms[d][k]] for d in template.dimensions})
+                     for k in range(len(given))]
     else:
         drawn = draw_targets(len(rows) * cfg.samples_per_prompt, template.dimensions,
                              cfg.sampling.seed)
@@ -57,13 +78,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
                      for t in drawn[i * cfg.samples_per_prompt:(i + 1) * cfg.samples_per_prompt]]
     backend = get_backend(cfg.model, cfg.backend)
     tok = backend.tokenizer if hasattr(backend, "tokenizer") else AutoTokenizer.from_pretrained(cfg.model)
-    prompts = [fit_prompt(tok, r["prompt"], template, t if cfg.conditioned else None,
+    prompts = [fit_prompt(tok, r["prompt"], template, t if conditioned else None,
                           cfg.max_prompt_tokens) for r, t in jobs]
     completions = backend.generate(prompts, cfg.sampling)
     out_rows = [{"id": r["id"], "model": cfg.label, "prompt": r["prompt"],
-                 "targets": {d: t[d].value for d in template.dimensions},
+                 # What the model was shown: rounded, or the centre of its quantile bin.
+                 "targets": {d: template.quantise(t[d].value) for d in template.dimensions},
                  "target_ops": {d: t[d].op for d in template.dimensions},
-                 "conditioned": cfg.conditioned, "response": c.text, "n_tokens": c.n_tokens,
+                 "conditioned": conditioned, "response": c.text, "n_tokens": c.n_tokens,
                  "finished": c.finished} for (r, t), c in zip(jobs, completions)]
     write_jsonl(cfg.out, out_rows)
     return {"n": len(out_rows), "out": str(Path(cfg.out)),

@@ -55,6 +55,7 @@ def sentence_prefixes(text: str, k: int) -> list[str]:
 
 def run_label(cfg: LabelConfig) -> dict:
     from .policy.models import load_tokenizer
+    from .policy.tokenise import render_completion
 
     if not cfg.scorers:
         raise ValueError("label needs at least one scorer (dimension -> RM folder or synthetic:...)")
@@ -69,8 +70,12 @@ def run_label(cfg: LabelConfig) -> dict:
         for i, s in enumerate(read_jsonl(path)):
             rows.append({"id": f"{s.get('id', i)}:sample{i}", "pair_id": s.get("id"),
                          "prompt": s["prompt"], "response": s["response"], "source": "policy"})
+    # Leave room for the end-of-turn marker the chat template adds, so SFT (which cuts the
+    # completion at max_completion_tokens) never cuts the end-of-turn token of a clipped reply.
+    suffix = render_completion(tok, [{"role": "user", "content": "x"}], "")
+    budget = cfg.max_completion_tokens - len(tok(suffix, add_special_tokens=False)["input_ids"])
     for r in rows:
-        r["response"] = clip_response(tok, r["response"], cfg.max_completion_tokens)
+        r["response"] = clip_response(tok, r["response"], budget)
     rows = [r for r in rows if r["response"]]
     rows += [{**r, "id": f"{r['id']}:prefix{j}", "response": p, "source": f"{r['source']}-prefix"}
              for r in list(rows) for j, p in enumerate(sentence_prefixes(r["response"], cfg.prefixes))]

@@ -77,6 +77,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .label import LabelConfig, run_label
     from .policy.sft import SFTConfig, run_sft
     from .report.html import build_report
+    from .rewards.elo import EloConfig, run_elo
     from .rewards.train import RMEvalConfig, RMTrainConfig, evaluate_reward_model, train_reward_model
 
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
@@ -109,8 +110,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     scorers: dict[str, str] = {}
     if cfg.synthetic:
-        scorers = {dim: spec for dim, spec in zip(dims, ("synthetic:length:40",
-                                                          "synthetic:keyword:sorry"))}
+        synthetic = ("synthetic:length:40", "synthetic:keyword:sorry")
+        if len(dims) > len(synthetic):
+            raise ValueError(f"synthetic mode has scorers for {len(synthetic)} dimensions, "
+                             f"not {len(dims)}")
+        scorers = dict(zip(dims, synthetic))
     else:
         rm_metrics = {}
         for dim in dims:
@@ -157,6 +161,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     run.stage("evaluate", lambda: run_evaluate(EvaluateConfig(
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models], scorers=scorers,
         out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed)))
+    # Head-to-head ranking of the models on the same prompts, judged by the first dimension's RM.
+    run.stage("elo", lambda: {k: v for k, v in run_elo(EloConfig(
+        generations=[str(run.path("generate", f"{m}.jsonl")) for m in models],
+        judge=scorers[dims[0]], out=str(run.path("elo.json")), n_boot=cfg.n_boot,
+        seed=cfg.seed)).items() if k == "models"})
     _update_metrics(run, goal=_goal(read_json(run.path("metrics.json")), dims),
                     budget={"pipeline_wall_s": run.total_wall_s(),
                             "peak_rss_mib": run.manifest.get("peak_rss_mib")})

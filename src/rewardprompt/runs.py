@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def publish_dir(tmp: str | Path, out: str | Path) -> Path:
+    """Move the finished folder ``tmp`` to ``out``, replacing any previous one.
+
+    ``out`` is only ever absent or complete: a kill before the final rename leaves ``tmp`` (which
+    the next attempt rebuilds), never a half-written ``out``.
+    """
+    tmp, out = Path(tmp), Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -119,6 +137,32 @@ def read_json(path: str | Path) -> Any:
 
 
 # ---------------------------------------------------------------- provenance
+_SECRET_KEY = re.compile(r"(?:^|[_-])(?:api[_-]?key|key|token|secret|password|passwd|auth)(?:$|[_-])",
+                         re.I)  # "hf_token", "--api-key"; not "max_prompt_tokens"
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/\s:@]+(:[^/\s@]*)?@")
+
+
+def redact(obj: Any) -> Any:
+    """Drop secrets before anything reaches a manifest, log or report.
+
+    Values under keys that name a secret become "***"; credentials inside URLs are removed; a
+    command-line value following a secret-looking flag (``--api-key X``) is hidden too.
+    """
+    if isinstance(obj, dict):
+        return {k: "***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        out, hide_next = [], False
+        for v in obj:
+            out.append("***" if hide_next else redact(v))
+            hide_next = isinstance(v, str) and v.startswith("--") and "=" not in v \
+                and bool(_SECRET_KEY.search(v))
+            if isinstance(v, str) and v.startswith("--") and "=" in v and _SECRET_KEY.search(v.split("=")[0]):
+                out[-1] = v.split("=")[0] + "=***"
+        return out
+    if isinstance(obj, str):
+        return _URL_CREDENTIALS.sub(r"\1***@", obj)
+    return obj
 def file_hash(path: str | Path, algo: str = "sha256") -> str:
     h = hashlib.new(algo)
     with open(path, "rb") as fh:
@@ -174,10 +218,17 @@ class Run:
         else:
             self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
                              "data": {}, "seeds": {}}
-        self.manifest.update({"command": sys.argv, "versions": package_versions(),
+        self.manifest.update({"command": redact(list(sys.argv)), "versions": package_versions(),
                               "git_commit": git_commit(), "host": platform.node()})
         if config is not None:
-            self.manifest["config"] = to_jsonable(config)
+            config = redact(to_jsonable(config))
+            old = self.manifest.get("config")
+            if old is not None and old != config:
+                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                raise ValueError(f"{self.dir} holds a run made with another config (changed: "
+                                 f"{', '.join(changed)}); resuming it would mix the two. "
+                                 "Use another --out, or delete the folder to start again")
+            self.manifest["config"] = config
         if seed is not None:
             self.manifest["seeds"]["global"] = seed
         self.save()
@@ -187,6 +238,7 @@ class Run:
 
     def save(self) -> None:
         self.manifest["peak_rss_mib"] = max(self.manifest.get("peak_rss_mib", 0.0), peak_rss_mib())
+        self.manifest["total_wall_s"] = self.total_wall_s()
         atomic_write_json(self.manifest_path, self.manifest)
 
     def record_data(self, name: str, path: str | Path) -> None:

@@ -199,5 +199,6 @@ class RewardTemplate:
     @classmethod
     def from_dict(cls, d: dict) -> "RewardTemplate":
         d = dict(d)
-        d["dimensions"] = tuple(d.get("dimensions", ("helpful", "harmless")))
+        if "dimensions" in d:
+            d["dimensions"] = tuple(d["dimensions"])
         return cls(**d)

@@ -44,8 +44,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     metrics_path = out / "metrics.json"
     metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    # This stage owns the controllability sections: drop any from an earlier evaluation.
+    for dim in metrics.get("dimensions", []):
+        metrics.pop(dim, None)
     metrics["dimensions"] = list(cfg.scorers)
-    metrics.setdefault("baselines", {})
+    metrics["primary"] = cfg.primary
+    metrics["baselines"] = {}
     groups_all = np.array([r["id"] for r in rows])
     for model in dict.fromkeys(r["model"] for r in rows):
         sel = np.array([r["model"] == model for r in rows])

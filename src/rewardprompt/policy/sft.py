@@ -7,7 +7,6 @@ transformers' Trainer runs the loop: checkpoints, resume, progress bars and ``--
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments, set_seed
 
 from ..device import pick_device
-from ..runs import atomic_write_json, read_jsonl
+from ..runs import atomic_write_json, publish_dir, read_jsonl
 from ..template import RewardTemplate
 from .models import load_policy, load_tokenizer
 from .tokenise import PadCollator, tokenise_example
@@ -50,6 +49,17 @@ class SFTConfig:
     seed: int = 0
     report_to: str = "none"                    # "tensorboard", "wandb", ...
     bf16_cpu: bool = False                     # bf16 autocast on CPU (faster here, less exact)
+
+
+POLICY_META = "rewardprompt.json"
+
+
+def read_policy_meta(model: str) -> dict:
+    """The template and conditioning a policy folder was fine-tuned with ({} if not ours)."""
+    from ..runs import read_json
+
+    path = Path(model) / POLICY_META
+    return read_json(path) if path.exists() else {}
 
 
 class LabelledDataset(Dataset):
@@ -88,11 +98,15 @@ def run_sft(cfg: SFTConfig) -> dict:
     out = Path(cfg.out)
     final = out / "final"
     if (final / "sft_metrics.json").exists():
-        from ..runs import read_json
+        from ..runs import read_json, to_jsonable
 
+        saved = read_policy_meta(str(final)).get("config")
+        if saved is not None and saved != to_jsonable(cfg):
+            raise ValueError(f"{final} was fine-tuned with another config; use another --out or "
+                             "delete it to train again")
         return read_json(final / "sft_metrics.json")
     set_seed(cfg.seed)
-    template = RewardTemplate.from_dict(cfg.template) if cfg.template else RewardTemplate()
+    template = RewardTemplate.from_dict(cfg.template)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     new_tokens = template.extra_tokens() if cfg.conditioned else []
     if new_tokens:
@@ -142,7 +156,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     metrics = {"steps": n_steps, "examples": len(ds), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "train_runtime_s": result.metrics.get("train_runtime"), "conditioned": cfg.conditioned,
-               "lora": cfg.lora, "tokens_trained": sum(len(e["input_ids"]) for e in ds.examples)
+               "lora": cfg.lora, "tokens_seen": sum(len(e["input_ids"]) for e in ds.examples)
                * n_steps * cfg.batch_size * cfg.grad_accum // max(1, len(ds))}
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,8 +167,12 @@ def run_sft(cfg: SFTConfig) -> dict:
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / "sft_metrics.json", metrics)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    # What the model was trained to read, so that sampling shows it the same block.
+    atomic_write_json(tmp / POLICY_META, {"config": cfg, "template": template.to_dict(),
+                                          "conditioned": cfg.conditioned,
+                                          "max_prompt_tokens": cfg.max_prompt_tokens,
+                                          "max_completion_tokens": cfg.max_completion_tokens})
+    publish_dir(tmp, final)
     # The final model is complete; the optimizer states in the checkpoints are no longer needed.
     for c in out.glob("checkpoint-*"):
         shutil.rmtree(c, ignore_errors=True)

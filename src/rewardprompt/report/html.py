@@ -260,6 +260,20 @@ def _examples(scores: list[dict] | None, dims: list[str], why: str) -> str:
     return "".join(out)
 
 
+def _elo(result: dict | None, why: str) -> str:
+    if result is None:
+        return _na("Elo ratings (elo.json)", why)
+    from ..rewards.elo import elo_figure
+
+    rows = [[_e(m["model"]), _with_ci(m, "elo", "elo_ci_low", "elo_ci_high"),
+             _with_ci(m, "bt", "bt_ci_low", "bt_ci_high"),
+             _e(f"{m['wins']}/{m['losses']}/{m['ties']}")] for m in result.get("models", [])]
+    return (f"<p>Judge: {_e(result.get('judge', ''))}; {_e(result.get('n_matches', ''))} matches "
+            f"on {_e(result.get('n_prompts', ''))} prompts.</p>"
+            + _table(["model", "Elo [95% CI]", "Bradley-Terry [95% CI]", "W/L/T"], rows)
+            + _png(elo_figure(result)))
+
+
 # ---------------------------------------------------------------- entry point
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's files and return its path."""
@@ -273,7 +287,8 @@ def build_report(run_dir: str | Path) -> Path:
     scores, why_scores = _optional(run_dir / "eval" / "scores.jsonl", read_jsonl)
     train, why_train = _optional(run_dir / "label" / "train.jsonl", read_jsonl)
     dims = [str(d) for d in metrics.get("dimensions", [])]
-    models = ["conditioned"] + [str(m) for m in metrics.get("baselines", {})]
+    models = [str(metrics.get("primary", "conditioned"))] + [str(m) for m in metrics.get("baselines", {})]
+    elo, why_elo = _optional(run_dir / "elo.json", read_json)
 
     goal = metrics.get("goal")
     body = [
@@ -287,6 +302,7 @@ def build_report(run_dir: str | Path) -> Path:
         "<h2>Training labels</h2><p>The reward distribution the policy was conditioned on.</p>",
         _labels(metrics, dims, train, why_train) if dims else "",
         "<h2>Reward-model accuracy</h2>", _rm(metrics),
+        "<h2>Elo ratings</h2>", _elo(elo, why_elo),
         "<h2>Stage wall times</h2>", _stages(manifest),
         "<h2>Example generations</h2>", _examples(scores, dims, why_scores),
         "<h2>Config</h2>",

@@ -9,8 +9,17 @@ A saved reward model is a folder::
 
     encoder/            the fine-tuned encoder and its tokenizer (save_pretrained)
     head.safetensors    the scalar head
-    rm_config.json      base model and options
+    rm_config.json      base model and options ("kind": "single")
     normaliser.json     the empirical CDF that maps raw scores to [0, 1]
+
+An ensemble of k reward models (``RewardEnsemble``: same data, seeds seed..seed+k-1, reward = the
+mean of the members' raw scores) is one folder too::
+
+    member-0/ ... member-{k-1}/   encoder/, head.safetensors, rm_config.json of each member
+    rm_config.json                "kind": "ensemble" and the member folder names
+    normaliser.json               one normaliser, fitted on the ensemble's mean raw scores
+
+``RewardModel.load`` reads either kind, so ``load_scorer`` takes both.
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
 from ..device import pick_device
 from ..runs import atomic_write_json, read_json
-from .normaliser import EmpiricalCDFNormaliser
+from .normaliser import EmpiricalCDFNormaliser, finite_scores
 
 Message = dict[str, str]
 Prompt = Sequence[Message] | str
@@ -40,6 +49,7 @@ NORMALISER = "normaliser.json"
 HEAD = "head.safetensors"
 ENCODER_DIR = "encoder"
 TURNS = ("last", "all")
+KIND_SINGLE, KIND_ENSEMBLE = "single", "ensemble"
 #: Show a progress bar when scoring at least this many texts.
 TQDM_MIN = 256
 
@@ -66,6 +76,59 @@ def prompt_context(prompt: Prompt, turns: str = "last") -> str:
         if msg.get("role") == "user":
             return msg.get("content", "")
     return ""
+
+
+def check_vocab(tokenizer: Any, encoder: nn.Module, folder: str | Path) -> None:
+    """Raise if the tokenizer can emit ids past the encoder's embedding matrix.
+
+    A tokenizer from another model (or a folder whose ``encoder/`` was partly replaced) would
+    otherwise fail later with an opaque IndexError on CPU, or a device-side assert on GPU, at the
+    first text that uses one of the extra tokens. A *smaller* tokenizer is fine: embedding
+    matrices are often padded past the vocabulary.
+    """
+    n_tok = len(tokenizer)
+    n_emb = encoder.get_input_embeddings().num_embeddings
+    if n_tok > n_emb:
+        raise ValueError(f"{folder}: tokenizer/model mismatch: the tokenizer has {n_tok} tokens "
+                         f"but the encoder's embedding matrix has only {n_emb} rows, so ids "
+                         f">= {n_emb} cannot be embedded; the tokenizer and the weights come from "
+                         "different models")
+
+
+def _read_options(d: Path) -> dict[str, Any]:
+    """``rm_config.json`` of the reward model folder ``d``, with clear errors when absent."""
+    if not d.is_dir():
+        raise FileNotFoundError(f"reward model folder {d} does not exist")
+    if not (d / RM_CONFIG).is_file():
+        raise FileNotFoundError(f"reward model folder {d} has no {RM_CONFIG}: it is not a reward "
+                                "model folder")
+    return read_json(d / RM_CONFIG)
+
+
+def _read_normaliser(d: Path) -> EmpiricalCDFNormaliser:
+    if not (d / NORMALISER).is_file():
+        raise FileNotFoundError(f"reward model folder {d} has no {NORMALISER}: it has no score "
+                                "normaliser, so rewards cannot be mapped to [0, 1]; retrain it or "
+                                "fit one with EmpiricalCDFNormaliser and save it there")
+    try:
+        return EmpiricalCDFNormaliser.from_dict(read_json(d / NORMALISER))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{d / NORMALISER}: {exc}") from None
+
+
+def _check_texts(contexts: Sequence[str], responses: Sequence[str]) -> None:
+    """Non-text responses and empty prompt contexts raise a ValueError naming the first one.
+
+    An empty *response* is scored: a policy that ends its turn at once gave a real (bad) answer,
+    and evaluation must count it. An empty context has nothing to judge the answer against.
+    """
+    for i, t in enumerate(responses):
+        if not isinstance(t, str):
+            raise ValueError(f"response {i} is not a string: {type(t).__name__}")
+    for i, t in enumerate(contexts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"prompt context {i} is empty (or not a string): a reward model "
+                             "cannot judge an answer to nothing; drop it before scoring")
 
 
 class RewardModel(nn.Module):
@@ -97,6 +160,7 @@ class RewardModel(nn.Module):
             torch.manual_seed(seed)  # the head's initialisation
         tokenizer = AutoTokenizer.from_pretrained(base)
         encoder = AutoModel.from_pretrained(base)
+        check_vocab(tokenizer, encoder, base)
         model = cls(encoder, tokenizer, base_model=base, max_length=max_length, turns=turns,
                     name=Path(base).name or base)
         return model.to(pick_device())
@@ -106,14 +170,20 @@ class RewardModel(nn.Module):
         return self.head.weight.device
 
     def options(self) -> dict[str, Any]:
-        return {"base_model": self.base_model, "max_length": self.max_length, "turns": self.turns,
-                "hidden_size": self.head.in_features, "pooling": "mean"}
+        return {"kind": KIND_SINGLE, "base_model": self.base_model, "max_length": self.max_length,
+                "turns": self.turns, "hidden_size": self.head.in_features, "pooling": "mean"}
 
     def save(self, directory: str | Path) -> Path:
         """Write the model folder; ``load`` reads it back. Requires a fitted normaliser."""
         if self.normaliser is None:
             raise ValueError("fit the normaliser before saving: a reward model without one cannot "
                              "produce rewards in [0, 1]")
+        d = self.save_weights(directory)
+        atomic_write_json(d / NORMALISER, self.normaliser.to_dict())
+        return d
+
+    def save_weights(self, directory: str | Path) -> Path:
+        """Encoder, tokenizer, head and options, without the normaliser (an ensemble member)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(d / ENCODER_DIR)
@@ -121,32 +191,37 @@ class RewardModel(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(d / HEAD))
         atomic_write_json(d / RM_CONFIG, self.options())
-        atomic_write_json(d / NORMALISER, self.normaliser.to_dict())
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> RewardModel:
-        """Load a folder written by ``save``; its name becomes the scorer's ``name``."""
+    def load(cls, directory: str | Path) -> RewardModel | RewardEnsemble:
+        """Load a folder written by ``save`` (or ``RewardEnsemble.save``: then the ensemble).
+
+        The folder's name becomes the scorer's ``name``.
+        """
         d = Path(directory)
-        if not d.is_dir():
-            raise FileNotFoundError(f"reward model folder {d} does not exist")
-        for needed, why in ((RM_CONFIG, "it is not a reward model folder"),
-                            (NORMALISER, "it has no score normaliser, so rewards cannot be mapped "
-                                         "to [0, 1]; retrain it or fit one with "
-                                         "EmpiricalCDFNormaliser and save it there"),
-                            (HEAD, "the scalar head weights are missing")):
-            if not (d / needed).is_file():
-                raise FileNotFoundError(f"reward model folder {d} has no {needed}: {why}")
-        opts = read_json(d / RM_CONFIG)
-        try:
-            normaliser = EmpiricalCDFNormaliser.from_dict(read_json(d / NORMALISER))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{d / NORMALISER}: {exc}") from None
+        opts = _read_options(d)
+        if opts.get("kind", KIND_SINGLE) == KIND_ENSEMBLE:
+            return RewardEnsemble.load(d)
+        normaliser = _read_normaliser(d)
+        return cls.load_weights(d, normaliser=normaliser, name=d.resolve().name)
+
+    @classmethod
+    def load_weights(cls, directory: str | Path, *,
+                     normaliser: EmpiricalCDFNormaliser | None = None,
+                     name: str | None = None) -> RewardModel:
+        """Load the weights written by ``save_weights``; the normaliser comes from the caller."""
+        d = Path(directory)
+        opts = _read_options(d)
+        if not (d / HEAD).is_file():
+            raise FileNotFoundError(f"reward model folder {d} has no {HEAD}: the scalar head "
+                                    "weights are missing")
         tokenizer = AutoTokenizer.from_pretrained(d / ENCODER_DIR)
         encoder = AutoModel.from_pretrained(d / ENCODER_DIR)
+        check_vocab(tokenizer, encoder, d / ENCODER_DIR)
         model = cls(encoder, tokenizer, base_model=opts["base_model"],
                     max_length=opts.get("max_length", 128), turns=opts.get("turns", "last"),
-                    normaliser=normaliser, name=d.resolve().name)
+                    normaliser=normaliser, name=name or d.resolve().name)
         model.head.load_state_dict(load_file(str(d / HEAD)))
         return model.to(pick_device()).eval()
 
@@ -196,9 +271,11 @@ class RewardModel(nn.Module):
                  batch_size: int, desc: str) -> torch.Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        contexts = [prompt_context(p, self.turns) for p in prompts]
+        _check_texts(contexts, responses)
         # Batches of similar length waste little compute on padding (which the mean pooling masks
         # out, so the scores do not change); the original order is restored at the end.
-        lengths = [len(prompt_context(p, self.turns)) + len(r) for p, r in zip(prompts, responses)]
+        lengths = [len(c) + len(r) for c, r in zip(contexts, responses)]
         order = sorted(range(len(responses)), key=lengths.__getitem__)
         was_training = self.training
         self.eval()
@@ -226,12 +303,96 @@ class RewardModel(nn.Module):
 
     def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],
                   batch_size: int = 32) -> np.ndarray:
-        """Raw (unnormalised) rewards: only their differences are meaningful."""
-        return self._batched(self.forward, prompts, responses, batch_size, "scoring").numpy()
+        """Raw (unnormalised) rewards: only their differences are meaningful.
+
+        Empty responses or contexts, and non-finite scores (an overflow, corrupt weights), raise a
+        ValueError naming the first index at fault, instead of flowing on into labels.
+        """
+        raw = self._batched(self.forward, prompts, responses, batch_size, "scoring").numpy()
+        finite_scores(raw, f"reward model '{self.name}' scored")
+        return raw
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
               batch_size: int = 32) -> np.ndarray:
         """Normalised rewards in [0, 1] (the ``Scorer`` protocol)."""
         if self.normaliser is None:
             raise ValueError(f"reward model '{self.name}' has no fitted normaliser")
+        return self.normaliser(self.score_raw(prompts, responses, batch_size))
+
+
+class RewardEnsemble:
+    """k reward models trained on the same data with different seeds; implements ``Scorer``.
+
+    The raw reward is the mean of the members' raw scores, which averages out the seed-to-seed
+    noise of single reward models (the part of their error a policy can exploit that another
+    seed would not reward); one ``normaliser`` maps that mean to [0, 1]. Members must share the
+    scale of their raw scores, which models trained alike with the Bradley-Terry loss do.
+    """
+
+    def __init__(self, members: Sequence[RewardModel], *,
+                 normaliser: EmpiricalCDFNormaliser | None = None,
+                 name: str = "reward-ensemble") -> None:
+        if not members:
+            raise ValueError("a reward ensemble needs at least one member")
+        self.members = list(members)
+        self.normaliser = normaliser
+        self.name = name
+
+    @staticmethod
+    def member_dir(i: int) -> str:
+        return f"member-{i}"
+
+    def options(self) -> dict[str, Any]:
+        first = self.members[0]
+        return {"kind": KIND_ENSEMBLE,
+                "members": [self.member_dir(i) for i in range(len(self.members))],
+                "base_model": first.base_model, "max_length": first.max_length,
+                "turns": first.turns}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``member-i/`` folders, the ensemble's options and its shared normaliser."""
+        if self.normaliser is None:
+            raise ValueError("fit the ensemble's normaliser before saving: without one it cannot "
+                             "produce rewards in [0, 1]")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for i, member in enumerate(self.members):
+            member.save_weights(d / self.member_dir(i))
+        atomic_write_json(d / RM_CONFIG, self.options())
+        atomic_write_json(d / NORMALISER, self.normaliser.to_dict())
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RewardEnsemble:
+        """Load a folder written by ``save``; its name becomes the scorer's ``name``."""
+        d = Path(directory)
+        opts = _read_options(d)
+        if opts.get("kind") != KIND_ENSEMBLE or not opts.get("members"):
+            raise ValueError(f"{d / RM_CONFIG}: not a reward ensemble (no 'kind': 'ensemble' with "
+                             "a list of 'members')")
+        normaliser = _read_normaliser(d)
+        name = d.resolve().name
+        members = []
+        for sub in opts["members"]:
+            if not (d / sub).is_dir():
+                raise FileNotFoundError(f"reward ensemble {d} lists member {sub!r}, but {d / sub} "
+                                        "does not exist")
+            members.append(RewardModel.load_weights(d / sub, name=f"{name}/{sub}"))
+        return cls(members, normaliser=normaliser, name=name)
+
+    def score_raw_members(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                          batch_size: int = 32) -> np.ndarray:
+        """Each member's raw scores, shape ``(members, n)``."""
+        return np.stack([m.score_raw(prompts, responses, batch_size) for m in self.members])
+
+    def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                  batch_size: int = 32) -> np.ndarray:
+        """The mean of the members' raw scores (float64)."""
+        return self.score_raw_members(prompts, responses, batch_size).astype(np.float64).mean(0)
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
+              batch_size: int = 32) -> np.ndarray:
+        """Normalised rewards in [0, 1] (the ``Scorer`` protocol)."""
+        if self.normaliser is None:
+            raise ValueError(f"reward ensemble '{self.name}' has no fitted normaliser")
         return self.normaliser(self.score_raw(prompts, responses, batch_size))

@@ -17,7 +17,7 @@ import numpy as np
 MAX_KNOTS = 1001
 
 
-def _finite_array(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
+def finite_scores(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     """``values`` as a 1-D float array; NaN or infinite entries raise a ValueError naming them."""
     arr = np.asarray(values, dtype=float).reshape(-1)
     bad = ~np.isfinite(arr)
@@ -45,8 +45,8 @@ class EmpiricalCDFNormaliser:
     _q: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        x = _finite_array(self.knots_x, "normaliser knots_x")
-        q = _finite_array(self.knots_q, "normaliser knots_q")
+        x = finite_scores(self.knots_x, "normaliser knots_x")
+        q = finite_scores(self.knots_q, "normaliser knots_q")
         if x.size == 0 or x.size != q.size:
             raise ValueError(f"normaliser needs equally many knots_x and knots_q (got {x.size} and "
                              f"{q.size}), at least one")
@@ -60,7 +60,7 @@ class EmpiricalCDFNormaliser:
     @classmethod
     def fit(cls, raw_scores: Sequence[float] | np.ndarray) -> EmpiricalCDFNormaliser:
         """Fit on the raw scores of the reward model's training responses."""
-        raw = _finite_array(raw_scores, "fitting the normaliser")
+        raw = finite_scores(raw_scores, "fitting the normaliser")
         if raw.size == 0:
             raise ValueError("fitting the normaliser: no scores given")
         levels = np.linspace(0.0, 1.0, min(raw.size, MAX_KNOTS))
@@ -75,7 +75,7 @@ class EmpiricalCDFNormaliser:
 
     def __call__(self, raw_scores: Sequence[float] | np.ndarray) -> np.ndarray:
         """Normalised scores in [0, 1], same length as ``raw_scores``."""
-        raw = _finite_array(raw_scores, "normalising reward scores")
+        raw = finite_scores(raw_scores, "normalising reward scores")
         if self._x.size == 1:
             return np.full(raw.shape, self._q[0])
         out = np.interp(raw, self._x, self._q, left=0.0, right=1.0)

@@ -3,19 +3,29 @@
 Three stages, each a config dataclass and an entry function:
 
 * ``train_reward_model(RMTrainConfig)``: Bradley-Terry training, ``-logsigmoid(r_chosen -
-  r_rejected)``, on the train part of the hash split; fits the score normaliser on the raw scores
-  of every training response; reports held-out accuracy; saves the model folder atomically.
-* ``evaluate_reward_model(RMEvalConfig)``: pairwise accuracy with a bootstrap CI on any
-  preference source.
+  r_rejected - margin)``, on the train part of the hash split (optionally one half of it, for an
+  independent held-out "test" reward model; optionally an ensemble of k seeds); fits the score
+  normaliser on the raw scores of every training response; reports held-out accuracy; saves the
+  model folder atomically.
+* ``evaluate_reward_model(RMEvalConfig)``: pairwise accuracy with a bootstrap CI, the calibration
+  (ECE) of the Bradley-Terry probability, mean rewards of chosen and rejected replies and an
+  optional figure of their distributions, on any preference source.
 * ``score_file(RMScoreConfig)``: add ``reward`` and ``reward_raw`` to a JSONL of responses.
+
+Pairs whose chosen and rejected replies are the same text state no preference (the shipped
+UltraFeedback training file holds 4): training and evaluation skip and count them by default
+(``drop_identical``), or raise a ``DataError`` naming the pair.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,8 +41,9 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..errors import DataError
 from ..evaluate.metrics import accuracy_ci
-from ..runs import atomic_write_json, iter_jsonl, to_jsonable, write_jsonl
-from .model import TURNS, RewardModel, prompt_context
+from ..runs import (publish_dir, atomic_write_bytes, atomic_write_json, iter_jsonl, iter_jsonl_lines,
+                    to_jsonable, write_jsonl)
+from .model import TURNS, RewardEnsemble, RewardModel, prompt_context
 from .normaliser import EmpiricalCDFNormaliser
 
 METRICS = "metrics.json"
@@ -41,6 +52,15 @@ WARMUP_FRACTION = 0.1
 #: Inverse L2 strength of the frozen-encoder head (logistic regression); accuracy on HH and
 #: UltraFeedback was flat for C in [0.01, 100].
 HEAD_C = 1.0
+#: Equal-width probability bins of the expected calibration error.
+ECE_BINS = 10
+HALVES = ("first", "second")
+#: Salt of the pair-id hash that picks a training half; unrelated to the train/test split's salt,
+#: so the halves cut across it evenly.
+HALF_SALT = "rewardprompt-half"
+
+#: What ``score_raw`` and friends accept: one reward model or an ensemble of them.
+Scoring = RewardModel | RewardEnsemble
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -62,29 +82,114 @@ def _accuracy_from_raw(chosen_raw: np.ndarray, rejected_raw: np.ndarray) -> dict
     return accuracy_ci(wins, n_boot=BOOTSTRAP_RESAMPLES)
 
 
-def pairwise_accuracy(model: RewardModel, pairs: Sequence[Any],
-                      batch_size: int = 32) -> dict[str, Any]:
-    """Fraction of pairs whose chosen response outscores the rejected one, with a 95% CI."""
+def _pair_raw(model: Scoring, pairs: Sequence[Any],
+              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores of the chosen and of the rejected replies, in one scoring pass."""
     prompts = [_field(p, "prompt") for p in pairs]
     raw = model.score_raw(prompts + prompts,
                           [_field(p, "chosen") for p in pairs]
                           + [_field(p, "rejected") for p in pairs], batch_size=batch_size)
-    return _accuracy_from_raw(raw[:len(pairs)], raw[len(pairs):])
+    return raw[:len(pairs)], raw[len(pairs):]
 
 
-def _publish_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing any previous one.
+def pairwise_accuracy(model: Scoring, pairs: Sequence[Any],
+                      batch_size: int = 32) -> dict[str, Any]:
+    """Fraction of pairs whose chosen response outscores the rejected one, with a 95% CI."""
+    return _accuracy_from_raw(*_pair_raw(model, pairs, batch_size))
 
-    ``out`` is only ever absent or complete: a kill before the final rename leaves ``out.tmp``
-    (which the next run deletes), never a half-written ``out``.
+
+def bradley_terry_ece(chosen_raw: np.ndarray, rejected_raw: np.ndarray,
+                      n_bins: int = ECE_BINS) -> float | None:
+    """Expected calibration error of P(chosen > rejected) = sigmoid(r_chosen - r_rejected).
+
+    The standard ECE, sum over ``n_bins`` equal-width bins of [0, 1] of (bin size / N) x
+    |observed frequency - mean forecast|. Which reply of a pair is "first" is arbitrary, so each
+    pair enters in both orientations, (p, outcome 1) and (1 - p, outcome 0); otherwise every
+    outcome would be 1 and the "ECE" would only be the mean of 1 - p. This equals the top-label
+    ECE of the binary classifier (confidence max(p, 1 - p), correct when p > 1/2; a tie scores
+    half). ``None`` for no pairs.
     """
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    diff = np.asarray(chosen_raw, dtype=float) - np.asarray(rejected_raw, dtype=float)
+    if diff.size == 0:
+        return None
+    from scipy.special import expit
+
+    p = expit(diff)
+    forecast = np.concatenate([p, 1.0 - p])
+    outcome = np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    which = np.minimum((forecast * n_bins).astype(int), n_bins - 1)  # p = 1 goes to the last bin
+    # |sum of (outcome - forecast)| over a bin = bin size x |frequency - mean forecast|.
+    gaps = np.bincount(which, weights=outcome - forecast, minlength=n_bins)
+    return float(np.abs(gaps).sum() / forecast.size)
+
+
+def pair_report(model: Scoring, chosen_raw: np.ndarray,
+                rejected_raw: np.ndarray) -> dict[str, Any]:
+    """Accuracy with its 95% CI and n, ECE, and the mean raw and normalised rewards of each side."""
+    chosen_raw, rejected_raw = np.asarray(chosen_raw), np.asarray(rejected_raw)
+    out = {**_accuracy_from_raw(chosen_raw, rejected_raw),
+           "ece": bradley_terry_ece(chosen_raw, rejected_raw)}
+    if chosen_raw.size == 0:
+        return out | dict.fromkeys(("mean_raw_chosen", "mean_raw_rejected", "mean_reward_chosen",
+                                    "mean_reward_rejected"))
+    out |= {"mean_raw_chosen": float(chosen_raw.mean()),
+            "mean_raw_rejected": float(rejected_raw.mean())}
+    norm = model.normaliser
+    out |= {"mean_reward_chosen": float(norm(chosen_raw).mean()) if norm else None,
+            "mean_reward_rejected": float(norm(rejected_raw).mean()) if norm else None}
+    return out
+
+
+def _drop_identical(pairs: list[Any], source: str, drop: bool) -> tuple[list[Any], int]:
+    """Pairs whose chosen and rejected differ, and how many were dropped.
+
+    With ``drop=False`` the first identical pair raises a DataError naming the file, its line
+    (pairs come one per non-blank line, or one per row of a Hub dataset, when not skipping bad
+    rows) and its id.
+    """
+    same = [i for i, p in enumerate(pairs) if _field(p, "chosen") == _field(p, "rejected")]
+    if not same:
+        return pairs, 0
+    ids = [str(_field(pairs[i], "id")) for i in same]
+    if not drop:
+        file, line = _locate(source, same[0])
+        raise DataError(f"pair id {ids[0]!r}: chosen and rejected are the same text, so the pair "
+                        f"states no preference ({len(same)} such pair(s) in all); pass "
+                        "drop_identical=True to skip them", file=file, line=line,
+                        field="rejected", code="identical_pair")
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    print(f"[rewardprompt] warning: {source}: skipped {len(same)} pair(s) whose chosen and "
+          f"rejected replies are identical (ids {shown})", file=sys.stderr, flush=True)
+    skip = set(same)
+    return [p for i, p in enumerate(pairs) if i not in skip], len(same)
+
+
+def _locate(source: str, index: int) -> tuple[str, int | None]:
+    """(file, line) of the ``index``-th pair loaded from ``source``, as the loader names them."""
+    from ..data import SHIPPED
+
+    path = SHIPPED.get(str(source)) or Path(str(source))
+    if not path.is_file():  # a Hub dataset: the loader numbers its rows from 1
+        return str(source), index + 1
+    for k, (line, _) in enumerate(iter_jsonl_lines(path)):
+        if k == index:
+            return str(path), line
+    return str(path), None
+
+
+def assign_half(pair: Any, salt: str = HALF_SALT) -> str:
+    """``"first"`` or ``"second"``, from sha256(salt + pair id): stable across runs and machines."""
+    h = hashlib.sha256((salt + str(_field(pair, "id"))).encode("utf-8")).digest()
+    return HALVES[0] if int.from_bytes(h[:8], "big") < 2**63 else HALVES[1]
+
+
+def select_half(pairs: Sequence[Any], half: str | None) -> list[Any]:
+    """The pairs of one half (``None``: all of them), in input order."""
+    if half is None:
+        return list(pairs)
+    if half not in HALVES:
+        raise ValueError(f"half must be one of {HALVES} or None, got {half!r}")
+    return [p for p in pairs if assign_half(p) == half]
 
 
 # ---------------------------------------------------------------- training
@@ -115,6 +220,22 @@ class RMTrainConfig:
     seed: int = 0
     limit: int | None = None
     freeze_encoder: bool = True  # train only the head, on embeddings computed once
+    # Bradley-Terry loss -logsigmoid(r_c - r_r - margin): a pair keeps a strong gradient until
+    # the chosen reply leads by about ``margin``, which pushes the raw scores further apart. Full
+    # fine-tuning only: the frozen-encoder head is solved as a plain logistic regression, which
+    # has no margin, so margin != 0 there is an error.
+    margin: float = 0.0
+    # k > 1: k models trained on the same data with seeds seed..seed+k-1, saved as one folder
+    # (member-0/ ...); the reward is the mean of their raw scores. Full fine-tuning only: the
+    # frozen-encoder head is a convex problem solved to convergence, so every seed gives the same
+    # member.
+    ensemble: int = 1
+    # "first" or "second": train only on that half of the training pairs (by a hash of the pair
+    # id), so that a held-out "test" reward model for over-optimisation checks can be trained on
+    # the other half, with another seed, independently of the labelling one.
+    half: str | None = None
+    # Pairs whose chosen equals rejected carry no preference: skip and count them (True) or raise.
+    drop_identical: bool = True
 
     def validate(self) -> None:
         if self.turns not in TURNS:
@@ -126,10 +247,26 @@ class RMTrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.head_lr <= 0:
             raise ValueError("learning rates must be positive")
+        if not math.isfinite(self.margin) or self.margin < 0:
+            raise ValueError(f"margin must be finite and >= 0, got {self.margin}")
+        if self.margin != 0 and self.freeze_encoder:
+            raise ValueError(f"margin={self.margin} is not supported with freeze_encoder=True: the "
+                             "frozen-encoder head is fitted as a logistic regression, which has "
+                             "no margin; set freeze_encoder=False or margin=0")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
+        if self.ensemble > 1 and self.freeze_encoder:
+            raise ValueError(f"ensemble={self.ensemble} needs freeze_encoder=False: with a frozen "
+                             "encoder the head is a convex problem solved to convergence, so "
+                             "every seed would train the same member")
+        if self.half is not None and self.half not in HALVES:
+            raise ValueError(f"half must be one of {HALVES} or None, got {self.half!r}")
 
 
-def _bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+def _bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+             margin: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood, with the chosen reply asked to lead by ``margin``."""
+    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
 def _optimiser(model: RewardModel, cfg: RMTrainConfig, steps: int):
@@ -141,7 +278,7 @@ def _optimiser(model: RewardModel, cfg: RMTrainConfig, steps: int):
     return opt, sched
 
 
-def _batches(pairs: Sequence[Any], cfg: RMTrainConfig) -> list[np.ndarray]:
+def _batches(pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> list[np.ndarray]:
     """Index batches for all epochs, grouped by length, in random order.
 
     Chosen and rejected are padded together to the longest text in the batch, so batching
@@ -150,7 +287,7 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig) -> list[np.ndarray]:
     """
     lengths = [len(prompt_context(_field(p, "prompt"), cfg.turns))
                + max(len(_field(p, "chosen")), len(_field(p, "rejected"))) for p in pairs]
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(seed)
     out: list[np.ndarray] = []
     for _ in range(cfg.epochs):
         order = get_length_grouped_indices(lengths, cfg.batch_size, generator=g)
@@ -160,12 +297,13 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig) -> list[np.ndarray]:
     return out
 
 
-def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) -> np.ndarray:
+def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
+                seed: int) -> np.ndarray:
     """Fine-tune encoder and head end to end; return the raw scores of all training responses."""
     prompts = [_field(p, "prompt") for p in pairs]
     chosen = [_field(p, "chosen") for p in pairs]
     rejected = [_field(p, "rejected") for p in pairs]
-    batches = _batches(pairs, cfg)
+    batches = _batches(pairs, cfg, seed)
     opt, sched = _optimiser(model, cfg, len(batches))
     model.train()
     bar = tqdm(batches, desc="reward model", unit="step")
@@ -174,7 +312,7 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) ->
         # Chosen and rejected go through one forward pass: half the kernel launches.
         batch = model.tokenize(ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx])
         r = model(batch)
-        loss = _bt_loss(r[:len(idx)], r[len(idx):])
+        loss = _bt_loss(r[:len(idx)], r[len(idx):], cfg.margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,14 +323,16 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) ->
     return model.score_raw(prompts + prompts, chosen + rejected)
 
 
-def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) -> np.ndarray:
+def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
+                seed: int) -> np.ndarray:
     """Frozen encoder: embed every training response once, then fit only the linear head.
 
     With fixed embeddings e, Bradley-Terry with a linear head is logistic regression without an
     intercept on e_chosen - e_rejected, so it is solved to convergence by scikit-learn (L2,
     C=``HEAD_C``) instead of with a few noisy AdamW epochs; ``lr``, ``head_lr`` and ``epochs``
-    do not apply. Half the differences are negated (label 0) so both classes are present, which
-    leaves the likelihood unchanged.
+    do not apply, nor does ``margin`` (``RMTrainConfig.validate`` rejects it). Half the
+    differences are negated (label 0) so both classes are present, which leaves the likelihood
+    unchanged.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -200,7 +340,7 @@ def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) ->
     emb = model.embed_texts(prompts + prompts, [_field(p, "chosen") for p in pairs]
                             + [_field(p, "rejected") for p in pairs]).double().numpy()
     n = len(pairs)
-    sign = np.random.default_rng(cfg.seed).permutation(np.arange(n) % 2) * 2 - 1
+    sign = np.random.default_rng(seed).permutation(np.arange(n) % 2) * 2 - 1
     diff = (emb[:n] - emb[n:]) * sign[:, None]
     labels = (sign > 0).astype(int)
     if labels.min() == labels.max():  # one pair: add its mirror image so both classes exist
@@ -213,18 +353,39 @@ def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig) ->
                                           device=model.device)).squeeze(-1).cpu().numpy()
 
 
+def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int,
+                  name: str) -> tuple[RewardModel, np.ndarray]:
+    """One reward model trained with ``seed``; returns it and its training raw scores."""
+    _seed_everything(seed)
+    model = RewardModel.from_base(cfg.base_model, max_length=cfg.max_length, turns=cfg.turns,
+                                  seed=seed)
+    model.name = name
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    train_raw = (_train_head if cfg.freeze_encoder else _train_full)(model, train, cfg, seed)
+    return model, np.asarray(train_raw, dtype=np.float64)
+
+
 def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
-    """Train a reward model on ``cfg.data`` and save it to ``cfg.out``; return its metrics."""
+    """Train a reward model (or an ensemble) on ``cfg.data``, save it to ``cfg.out``.
+
+    Returns the metrics also written to ``metrics.json``: held-out accuracy with its CI, ECE,
+    counts (``n_train``, ``n_test``, ``skipped_identical``), timing and the config.
+    """
     from ..data import load_preferences, split_pairs
 
     cfg.validate()
     pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
+    pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
     if cfg.test_fraction > 0:
         train, test = split_pairs(pairs, test_fraction=cfg.test_fraction)
     else:
         train, test = list(pairs), []
+    n_split = len(train)
+    train = select_half(train, cfg.half)
     if not train:
-        raise DataError(f"no training pairs left after holding out {cfg.test_fraction:.0%} "
+        half = f", then keeping the {cfg.half} half ({n_split} before)" if cfg.half else ""
+        raise DataError(f"no training pairs left after holding out {cfg.test_fraction:.0%}{half} "
                         f"({len(pairs)} pairs loaded)", file=str(cfg.data), code="empty")
 
     out = Path(cfg.out)
@@ -232,35 +393,45 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     if tmp.exists():  # left by a killed run
         shutil.rmtree(tmp)
 
-    _seed_everything(cfg.seed)
-    model = RewardModel.from_base(cfg.base_model, max_length=cfg.max_length, turns=cfg.turns,
-                                  seed=cfg.seed)
-    model.name = out.name
-    if cfg.freeze_encoder:
-        model.encoder.requires_grad_(False)
-
     t0 = time.perf_counter()
-    train_raw = (_train_head if cfg.freeze_encoder else _train_full)(model, train, cfg)
+    members, member_raw = [], []
+    for k in range(cfg.ensemble):
+        name = out.name if cfg.ensemble == 1 else f"{out.name}/{RewardEnsemble.member_dir(k)}"
+        model, raw = _train_member(cfg, train, cfg.seed + k, name)
+        members.append(model)
+        member_raw.append(raw)
+    model = members[0] if cfg.ensemble == 1 else RewardEnsemble(members, name=out.name)
+    train_raw = np.mean(member_raw, axis=0)  # what the ensemble's score_raw gives
     # All training responses, chosen and rejected: the policy will be scored against the spread
     # of both good and bad answers, so the CDF should cover both.
     model.normaliser = EmpiricalCDFNormaliser.fit(train_raw)
     train_seconds = time.perf_counter() - t0
 
-    passes = 1 if cfg.freeze_encoder else cfg.epochs
-    held_out = pairwise_accuracy(model, test) if test else _accuracy_from_raw(np.empty(0),
-                                                                             np.empty(0))
+    passes = (1 if cfg.freeze_encoder else cfg.epochs) * cfg.ensemble
+    if test:
+        # Each member scores the test pairs once; the ensemble's raw score is their mean.
+        member_test = [np.stack(_pair_raw(m, test)).astype(np.float64) for m in members]
+        test_raw = np.mean(member_test, axis=0)
+    else:
+        member_test, test_raw = [], np.empty((2, 0))
+    held_out = pair_report(model, test_raw[0], test_raw[1])
+    n = len(train)
     metrics = {"accuracy": held_out["accuracy"], "ci_low": held_out["ci_low"],
-               "ci_high": held_out["ci_high"], "n_test": held_out["n"], "n_train": len(train),
+               "ci_high": held_out["ci_high"], "n_test": held_out["n"], "ece": held_out["ece"],
+               "n_train": n, "skipped_identical": n_identical,
                "train_seconds": round(train_seconds, 2),
                # Pairs seen per second; the frozen-encoder path reads each pair once.
-               "examples_per_second": round(len(train) * passes / train_seconds, 2),
-               "train_accuracy": _accuracy_from_raw(train_raw[:len(train)],
-                                                    train_raw[len(train):])["accuracy"],
+               "examples_per_second": round(n * passes / train_seconds, 2),
+               "train_accuracy": _accuracy_from_raw(train_raw[:n], train_raw[n:])["accuracy"],
                "config": cfg}
+    if cfg.ensemble > 1:
+        # How much the ensemble adds over its members shows only next to their own accuracy.
+        metrics["member_accuracy"] = [_accuracy_from_raw(*r)["accuracy"] for r in member_test]
     model.save(tmp)
     atomic_write_json(tmp / METRICS, metrics)
-    _publish_dir(tmp, out)
-    print(f"[rewardprompt] reward model saved to {out}: held-out accuracy "
+    publish_dir(tmp, out)
+    what = "reward model" if cfg.ensemble == 1 else f"reward ensemble of {cfg.ensemble}"
+    print(f"[rewardprompt] {what} saved to {out}: held-out accuracy "
           f"{metrics['accuracy']} [{metrics['ci_low']}, {metrics['ci_high']}] on "
           f"{metrics['n_test']} pairs, {train_seconds:.0f}s", flush=True)
     return to_jsonable(metrics)
@@ -269,7 +440,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------- evaluation
 @dataclass
 class RMEvalConfig:
-    """Pairwise accuracy of the reward model folder ``rm`` on a preference source."""
+    """Accuracy and calibration of the reward model (or ensemble) folder ``rm`` on preferences."""
 
     rm: str
     data: str
@@ -278,26 +449,62 @@ class RMEvalConfig:
     limit: int | None = None
     batch_size: int = 32
     json: bool = False  # print the result as one JSON object instead of a sentence
+    figure: str | None = None  # write a PNG of the chosen/rejected reward distributions here
+    drop_identical: bool = True  # skip and count pairs whose chosen equals rejected, or raise
+
+
+def reward_figure(chosen: np.ndarray, rejected: np.ndarray, path: str | Path, *,
+                  title: str) -> Path:
+    """Histograms of the normalised rewards of chosen and rejected replies, as an atomic PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    fig = Figure(figsize=(6, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for values, label, colour in ((chosen, "chosen", "C2"), (rejected, "rejected", "C3")):
+        ax.hist(values, bins=20, range=(0, 1), alpha=0.5, color=colour,
+                label=f"{label} (mean {np.mean(values):.3f})")
+        ax.axvline(float(np.mean(values)), color=colour, ls="--", lw=1)
+    ax.set(xlim=(0, 1), xlabel="normalised reward", ylabel="pairs", title=title)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def evaluate_reward_model(cfg: RMEvalConfig) -> dict[str, Any]:
-    """Accuracy = fraction of pairs where score(chosen) > score(rejected), 95% bootstrap CI."""
+    """Accuracy = fraction of pairs where score(chosen) > score(rejected), 95% bootstrap CI; ECE
+    of the Bradley-Terry probability sigmoid(r_c - r_r) on raw scores; mean raw and normalised
+    rewards of chosen and rejected; optionally a figure of their distributions."""
     from ..data import load_preferences
 
     model = RewardModel.load(cfg.rm)
     pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
+    pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
     if not pairs:
-        raise DataError("no preference pairs to evaluate on", file=str(cfg.data), code="empty")
+        raise DataError(f"no preference pairs to evaluate on ({n_identical} identical pair(s) "
+                        "skipped)", file=str(cfg.data), code="empty")
     t0 = time.perf_counter()
+    chosen_raw, rejected_raw = _pair_raw(model, pairs, batch_size=cfg.batch_size)
     result = {"rm": model.name, "data": str(cfg.data),
-              **pairwise_accuracy(model, pairs, batch_size=cfg.batch_size),
-              "seconds": round(time.perf_counter() - t0, 2)}
+              **pair_report(model, chosen_raw, rejected_raw),
+              "skipped_identical": n_identical, "seconds": round(time.perf_counter() - t0, 2),
+              "figure": None}
+    if cfg.figure:
+        title = (f"{model.name} on {Path(str(cfg.data)).name}: accuracy {result['accuracy']:.3f}, "
+                 f"ECE {result['ece']:.3f}, n={result['n']}")
+        result["figure"] = str(reward_figure(model.normaliser(chosen_raw),
+                                             model.normaliser(rejected_raw), cfg.figure,
+                                             title=title))
     if cfg.json:
         print(json.dumps(result), flush=True)
     else:
         print(f"{result['rm']} on {result['data']}: accuracy {result['accuracy']:.3f} "
-              f"(95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}, n={result['n']})",
-              flush=True)
+              f"(95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}, n={result['n']}), "
+              f"ECE {result['ece']:.3f}; mean reward chosen {result['mean_reward_chosen']:.3f} vs "
+              f"rejected {result['mean_reward_rejected']:.3f} (raw {result['mean_raw_chosen']:.3f} "
+              f"vs {result['mean_raw_rejected']:.3f})", flush=True)
     return result
 
 

@@ -1,0 +1,45 @@
+"""The CLI is a thin map: positionals, --config YAML with flag overrides, presets, errors."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from rewardprompt.cli import main
+
+HH_ROW = {"chosen": "\n\nHuman: hi there\n\nAssistant: Hello! How can I help?",
+          "rejected": "\n\nHuman: hi there\n\nAssistant: Go away."}
+
+
+def test_convert_positional_and_config(tmp_path, capsys):
+    src = tmp_path / "in.jsonl.gz"
+    src.write_bytes(gzip.compress((json.dumps(HH_ROW) + "\n{bad json\n").encode()))
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "c.yaml").write_text("skip_bad: true\n")
+    assert main(["data", "convert-hh", str(src), str(out), "--config", str(tmp_path / "c.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == \
+        {"n": 1, "skipped": {"json": 1}}
+    assert json.loads(out.read_text())["chosen"] == "Hello! How can I help?"
+    # the flag overrides the file: bad rows now stop the command with file and line
+    assert main(["data", "convert-hh", str(src), str(out), "--config", str(tmp_path / "c.yaml"),
+                 "--no-skip-bad"]) == 2
+    assert f"{src}, line 2" in capsys.readouterr().err
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["nonsense"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("not_a_knob: 1\n")
+    assert main(["data", "convert-hh", "a", "b", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "unknown config key(s) for ConvertConfig: not_a_knob" in capsys.readouterr().err
+    assert main(["demo", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_help_lists_every_stage(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for cmd in ("data convert-hh", "rm train", "rm eval", "rm score", "label", "sft", "generate",
+                "evaluate", "elo", "report", "demo"):
+        assert cmd in text
