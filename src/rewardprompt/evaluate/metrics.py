@@ -34,7 +34,7 @@ def _group_index(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     return idx, int(idx.max()) + 1 if n else 0
 
 
-def _boot_counts(n_groups: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+def boot_counts(n_groups: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """Yield blocks of resample counts, shape (block, n_groups); each row sums to n_groups.
 
     Blocks keep memory bounded for large inputs; drawing them in order from one generator keeps
@@ -47,7 +47,7 @@ def _boot_counts(n_groups: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.multinomial(n_groups, p, size=min(block, n_boot - start)).astype(float)
 
 
-def _percentile_ci(samples: np.ndarray) -> tuple[float | None, float | None]:
+def percentile_ci(samples: np.ndarray) -> tuple[float | None, float | None]:
     """95% percentile interval, ignoring resamples where the statistic is undefined."""
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
@@ -105,8 +105,8 @@ def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, *,
     gidx, g = _group_index(groups, x.size)
     sums = np.bincount(gidx, weights=x, minlength=g)
     sizes = np.bincount(gidx, minlength=g).astype(float)
-    means = np.concatenate([(w @ sums) / (w @ sizes) for w in _boot_counts(g, n_boot, seed)])
-    lo, hi = _percentile_ci(means)
+    means = np.concatenate([(w @ sums) / (w @ sizes) for w in boot_counts(g, n_boot, seed)])
+    lo, hi = percentile_ci(means)
     return float(lo), float(hi)  # every resample has n > 0 rows, so the CI always exists
 
 
@@ -140,7 +140,7 @@ def _bins(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, gidx: n
         m = which == k
         lo = hi = None
         if m.any() and boot_means is not None:
-            lo, hi = _percentile_ci(boot_means[:, k])
+            lo, hi = percentile_ci(boot_means[:, k])
         out.append({"lo": round(float(edges[k]), 10), "hi": round(float(edges[k + 1]), 10),
                     "n": int(m.sum()),
                     "mean_target": float(targets[m].mean()) if m.any() else None,
@@ -180,7 +180,7 @@ def controllability(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarra
         "std_actual": float(y.std(ddof=1)) if n > 1 else None,
         "within_prompt_r": None, "length_r": None, "length_ci_low": None, "length_ci_high": None,
     }
-    boots = list(_boot_counts(g, n_boot, seed)) if g >= 2 and n_boot > 0 else []
+    boots = list(boot_counts(g, n_boot, seed)) if g >= 2 and n_boot > 0 else []
     res["bins"] = _bins(x, y, ln, gidx, g, n_bins, boots) if n else []
     if n < 3:
         res["note"] = f"n={n} < 3: correlations undefined"
@@ -206,19 +206,19 @@ def controllability(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarra
         moments = _group_moments(x, y, gidx, g)
         r_b, slope_b = _r_and_slope(np.concatenate([w @ moments for w in boots]))
         if not const_y:
-            res["ci_low"], res["ci_high"] = _percentile_ci(r_b)
+            res["ci_low"], res["ci_high"] = percentile_ci(r_b)
             rho = []
             for w in boots:
                 for sub in np.array_split(w, max(1, w.shape[0] * n // _CHUNK_CELLS)):
                     row_w = sub[:, gidx]  # each row weighs as often as its group was drawn
                     rho.append(_weighted_pearson(_weighted_midranks(x, row_w),
                                                  _weighted_midranks(y, row_w), row_w))
-            res["spearman_ci_low"], res["spearman_ci_high"] = _percentile_ci(np.concatenate(rho))
-        res["slope_ci_low"], res["slope_ci_high"] = _percentile_ci(slope_b)
+            res["spearman_ci_low"], res["spearman_ci_high"] = percentile_ci(np.concatenate(rho))
+        res["slope_ci_low"], res["slope_ci_high"] = percentile_ci(slope_b)
         if not const_len:
             len_moments = _group_moments(x, ln, gidx, g)
             len_b, _ = _r_and_slope(np.concatenate([w @ len_moments for w in boots]))
-            res["length_ci_low"], res["length_ci_high"] = _percentile_ci(len_b)
+            res["length_ci_low"], res["length_ci_high"] = percentile_ci(len_b)
 
     # Within-prompt r removes each prompt's mean, so it measures steering *for a fixed prompt*,
     # free of the between-prompt differences that can drive the pooled r.

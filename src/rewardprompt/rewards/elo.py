@@ -24,7 +24,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from ..errors import DataError
-from ..evaluate.metrics import _boot_counts, _percentile_ci
+from ..evaluate.metrics import boot_counts, percentile_ci
 from ..runs import atomic_write_json, iter_jsonl
 from .scorer import Message, Scorer, load_scorer
 
@@ -307,7 +307,7 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
                            .spawn(2))
     ones = np.ones((cfg.n_boot, m.n_prompts))
     elo = _elo_batched(m, s, ones, cfg.k, cfg.initial, rng_order).mean(0)
-    counts = np.concatenate(list(_boot_counts(m.n_prompts, cfg.n_boot, cfg.seed)))
+    counts = np.concatenate(list(boot_counts(m.n_prompts, cfg.n_boot, cfg.seed)))
     elo_boot = _elo_batched(m, s, counts, cfg.k, cfg.initial, rng_boot)
 
     pi, pj, wins_g, total_g = _pair_table(m, s)
@@ -324,8 +324,8 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
         as_a, as_b = m.a == i, m.b == i
         # This model's score in each of its matches; a probability above 0.5 counts as a win.
         own = np.r_[s[as_a], 1.0 - s[as_b]]
-        elo_lo, elo_hi = _percentile_ci(elo_boot[:, i])
-        bt_lo, bt_hi = _percentile_ci(bt_boot[:, i])
+        elo_lo, elo_hi = percentile_ci(elo_boot[:, i])
+        bt_lo, bt_hi = percentile_ci(bt_boot[:, i])
         per_model.append({"model": name, "elo": float(elo[i]), "elo_ci_low": elo_lo,
                           "elo_ci_high": elo_hi, "bt": float(bt[i]), "bt_ci_low": bt_lo,
                           "bt_ci_high": bt_hi, "wins": int((own > 0.5).sum()),

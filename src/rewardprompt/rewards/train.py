@@ -219,6 +219,7 @@ class RMTrainConfig:
     batch_size: int = 16  # pairs per step
     seed: int = 0
     limit: int | None = None
+    skip_bad: bool = False  # skip malformed rows (counted) instead of stopping
     freeze_encoder: bool = True  # train only the head, on embeddings computed once
     # Bradley-Terry loss -logsigmoid(r_c - r_r - margin): a pair keeps a strong gradient until
     # the chosen reply leads by about ``margin``, which pushes the raw scores further apart. Full
@@ -375,7 +376,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     from ..data import load_preferences, split_pairs
 
     cfg.validate()
-    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
+    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
+                             skip_bad=cfg.skip_bad)
     pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
     if cfg.test_fraction > 0:
         train, test = split_pairs(pairs, test_fraction=cfg.test_fraction)
@@ -447,6 +449,7 @@ class RMEvalConfig:
     data_dir: str | None = None
     split: str | None = None
     limit: int | None = None
+    skip_bad: bool = False  # skip malformed rows (counted) instead of stopping
     batch_size: int = 32
     json: bool = False  # print the result as one JSON object instead of a sentence
     figure: str | None = None  # write a PNG of the chosen/rejected reward distributions here
@@ -480,7 +483,8 @@ def evaluate_reward_model(cfg: RMEvalConfig) -> dict[str, Any]:
     from ..data import load_preferences
 
     model = RewardModel.load(cfg.rm)
-    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit)
+    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
+                             skip_bad=cfg.skip_bad)
     pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
     if not pairs:
         raise DataError(f"no preference pairs to evaluate on ({n_identical} identical pair(s) "
