@@ -43,3 +43,14 @@ def test_help_lists_every_stage(capsys):
     for cmd in ("data convert-hh", "rm train", "rm eval", "rm score", "label", "sft", "generate",
                 "evaluate", "elo", "report", "demo"):
         assert cmd in text
+
+
+def test_nested_yaml_config_becomes_dataclasses():
+    from rewardprompt.backends import SamplingConfig
+    from rewardprompt.cli import _from_dict
+    from rewardprompt.pipeline import DemoConfig
+
+    cfg = _from_dict(DemoConfig, {"steps": 5, "sampling": {"max_new_tokens": 7}})
+    assert cfg.steps == 5 and cfg.sampling == SamplingConfig(max_new_tokens=7)
+    with pytest.raises(ValueError, match="unknown config key"):
+        _from_dict(DemoConfig, {"sampling": {"nope": 1}})

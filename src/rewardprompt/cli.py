@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import sys
+import typing
 from typing import Any
 
 # command -> (module:config class, module:entry function, positional argument names, help)
@@ -53,24 +54,16 @@ def _usage() -> str:
 
 def _from_dict(cls: type, data: dict) -> Any:
     """A dataclass from a (YAML) dict, nested dataclasses included; unknown keys are errors."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
     kwargs = {}
     for name, value in data.items():
-        ftype = fields[name].type
-        sub = _dataclass_type(ftype)
-        kwargs[name] = _from_dict(sub, value) if sub and isinstance(value, dict) else value
+        sub = hints.get(name)
+        nested = dataclasses.is_dataclass(sub) and isinstance(value, dict)
+        kwargs[name] = _from_dict(sub, value) if nested else value
     return cls(**kwargs)
-
-
-def _dataclass_type(ftype: Any) -> type | None:
-    import rewardprompt.backends.base as base  # the only nested config type today
-
-    if isinstance(ftype, str):
-        return getattr(base, ftype, None) if ftype in ("SamplingConfig",) else None
-    return ftype if dataclasses.is_dataclass(ftype) else None
 
 
 def _pop_option(args: list[str], name: str) -> str | None:
