@@ -11,11 +11,6 @@ ROLE_OF = {"Human": "user", "Assistant": "assistant"}
 SPEAKER_OF = {v: k for k, v in ROLE_OF.items()}
 
 
-def is_transcript(text: object) -> bool:
-    """True for a string that opens (after whitespace) with a ``Human:`` turn."""
-    return isinstance(text, str) and text.lstrip().startswith("Human:")
-
-
 def parse_transcript(text: str, field: str = "chosen") -> list[dict[str, str]]:
     """Split one HH transcript into ``[{"role", "content"}, ...]`` turns, contents stripped.
 

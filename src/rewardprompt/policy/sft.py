@@ -135,6 +135,8 @@ def run_sft(cfg: SFTConfig) -> dict:
                 p.requires_grad_(True)
         for p in model.model.norm.parameters():
             p.requires_grad_(True)
+        if new_tokens:  # the reward tokens' fresh embeddings must learn, whatever is frozen
+            model.get_input_embeddings().weight.requires_grad_(True)
     n_steps = steps_for(len(ds), cfg)
     use_cuda = device.type == "cuda"
     args = TrainingArguments(
