@@ -39,8 +39,7 @@ def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[st
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
-    from transformers import AutoTokenizer
-
+    from .policy.models import load_tokenizer
     from .policy.tokenise import fit_prompt
 
     from .policy.sft import read_policy_meta
@@ -77,7 +76,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
             jobs += [(r, {d: Target(v) for d, v in t.items()})
                      for t in drawn[i * cfg.samples_per_prompt:(i + 1) * cfg.samples_per_prompt]]
     backend = get_backend(cfg.model, cfg.backend)
-    tok = backend.tokenizer if hasattr(backend, "tokenizer") else AutoTokenizer.from_pretrained(cfg.model)
+    tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
     prompts = [fit_prompt(tok, r["prompt"], template, t if conditioned else None,
                           cfg.max_prompt_tokens) for r, t in jobs]
     completions = backend.generate(prompts, cfg.sampling)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import SamplingConfig
-from .runs import Run, atomic_write_json, read_json, write_jsonl
+from .runs import Run, update_json, write_jsonl
+from .template import RewardTemplate
 
 
 @dataclass
@@ -60,15 +61,8 @@ class DemoConfig:
     }
 
 
-def _dims(cfg: DemoConfig) -> tuple[str, ...]:
-    return tuple(cfg.template.get("dimensions", ("helpful", "harmless")))
-
-
 def _update_metrics(run: Run, **sections) -> None:
-    path = run.path("metrics.json")
-    metrics = read_json(path) if path.exists() else {}
-    metrics.update(sections)
-    atomic_write_json(path, metrics)
+    update_json(run.path("metrics.json"), lambda metrics: metrics.update(sections))
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -83,8 +77,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
     d = run.path("data")
-    dims = _dims(cfg)
-    template = dict(cfg.template) or {"dimensions": list(dims)}
+    template = RewardTemplate.from_dict(cfg.template).to_dict()
+    dims = tuple(template["dimensions"])
 
     def data_stage() -> dict:
         helpful = load_preferences(cfg.helpful_data, skip_bad=True)
@@ -168,12 +162,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models],
         judge=scorers[dims[0]], out=str(run.path("elo.json")), n_boot=cfg.n_boot,
         seed=cfg.seed)).items() if k == "models"})
-    _update_metrics(run, goal=_goal(read_json(run.path("metrics.json")), dims),
-                    budget={"pipeline_wall_s": run.total_wall_s(),
-                            "peak_rss_mib": run.manifest.get("peak_rss_mib")})
+    metrics = update_json(run.path("metrics.json"), lambda m: m.update(
+        goal=_goal(m, dims), budget={"pipeline_wall_s": run.total_wall_s(),
+                                     "peak_rss_mib": run.manifest.get("peak_rss_mib")}))
     run.stage("report", lambda: {"report": str(build_report(run.dir))}, force=True)
     run.save()
-    metrics = read_json(run.path("metrics.json"))
     return {dim: {k: metrics[dim].get(k) for k in ("pearson_r", "ci_low", "ci_high")}
             for dim in dims} | {"report": str(run.path("report.html"))}
 

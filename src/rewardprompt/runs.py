@@ -87,6 +87,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
 
 
+def update_json(path: str | Path, mutate: Callable[[dict], Any]) -> dict:
+    """Read the JSON object at ``path`` ({} if absent), let ``mutate`` change it, write it back."""
+    path = Path(path)
+    obj = read_json(path) if path.exists() else {}
+    mutate(obj)
+    atomic_write_json(path, obj)
+    return obj
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     text = "".join(json.dumps(to_jsonable(r), ensure_ascii=False) + "\n" for r in rows)
     if str(path).endswith(".gz"):

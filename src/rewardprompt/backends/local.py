@@ -18,16 +18,16 @@ class LocalBackend:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[Message]], cfg: SamplingConfig) -> list[Completion]:
-        texts = [render_prompt(self.tokenizer, p) for p in prompts]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        prompt_ids = self.tokenizer([render_prompt(self.tokenizer, p) for p in prompts],
+                             add_special_tokens=False)["input_ids"]
         # Batches of similar length waste less compute on padding; results go back in order.
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out: list[Completion | None] = [None] * len(texts)
-        bar = tqdm(total=len(texts), desc="sampling", unit="seq")
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        out: list[Completion | None] = [None] * len(prompt_ids)
+        bar = tqdm(total=len(prompt_ids), desc="sampling", unit="seq")
         for b, start in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[start:start + cfg.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
+            enc = self.tokenizer.pad({"input_ids": [prompt_ids[i] for i in idx]},
+                                     return_tensors="pt").to(self.device)
             # Seed per batch: the same prompts and config give the same samples on a rerun.
             torch.manual_seed(cfg.seed * 100003 + b)
             sample = cfg.temperature > 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..rewards.scorer import load_scorer
-from ..runs import atomic_write_json, read_json, read_jsonl, write_jsonl
+from ..runs import read_jsonl, update_json, write_jsonl
 from .metrics import controllability
 
 
@@ -42,32 +42,33 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 r.setdefault(key, {})[dim] = round(float(s), 4)
     write_jsonl(out / "eval" / "scores.jsonl", rows)
 
-    metrics_path = out / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.exists() else {}
-    # This stage owns the controllability sections: drop any from an earlier evaluation.
-    for dim in metrics.get("dimensions", []):
-        metrics.pop(dim, None)
-    metrics["dimensions"] = list(cfg.scorers)
-    metrics["primary"] = cfg.primary
-    metrics["baselines"] = {}
-    groups_all = np.array([r["id"] for r in rows])
-    for model in dict.fromkeys(r["model"] for r in rows):
-        sel = np.array([r["model"] == model for r in rows])
+    groups = np.array([r["id"] for r in rows])
+    models = np.array([r["model"] for r in rows])
+    lengths = np.array([r["n_tokens"] for r in rows], dtype=float)
+    columns = {(key, dim): np.array([r[key][dim] for r in rows])
+               for key, specs in (("targets", cfg.scorers), ("actual", cfg.scorers),
+                                  ("actual_test", cfg.test_scorers)) for dim in specs}
+    per_model: dict[str, dict] = {}
+    for model in dict.fromkeys(models):
+        sel = models == model
         per_dim = {}
         for dim in cfg.scorers:
-            t = np.array([r["targets"][dim] for r in rows])[sel]
-            a = np.array([r["actual"][dim] for r in rows])[sel]
-            n = np.array([r["n_tokens"] for r in rows], dtype=float)[sel]
-            per_dim[dim] = controllability(t, a, n, groups=groups_all[sel], n_boot=cfg.n_boot,
-                                           seed=cfg.seed)
+            t = columns["targets", dim][sel]
+            stats = lambda actual: controllability(t, actual[sel], lengths[sel], groups=groups[sel],
+                                                   n_boot=cfg.n_boot, seed=cfg.seed)
+            per_dim[dim] = stats(columns["actual", dim])
             if dim in cfg.test_scorers:
-                at = np.array([r["actual_test"][dim] for r in rows])[sel]
-                per_dim[dim]["test_rm"] = controllability(t, at, n, groups=groups_all[sel],
-                                                          n_boot=cfg.n_boot, seed=cfg.seed)
-        if model == cfg.primary:
-            metrics.update(per_dim)
-        else:
-            metrics["baselines"][model] = per_dim
-    atomic_write_json(metrics_path, metrics)
+                per_dim[dim]["test_rm"] = stats(columns["actual_test", dim])
+        per_model[str(model)] = per_dim
+
+    def replace_sections(metrics: dict) -> None:
+        # This stage owns the controllability sections: drop any from an earlier evaluation.
+        for dim in metrics.get("dimensions", []):
+            metrics.pop(dim, None)
+        metrics.update(per_model.get(cfg.primary, {}), dimensions=list(cfg.scorers),
+                       primary=cfg.primary,
+                       baselines={m: v for m, v in per_model.items() if m != cfg.primary})
+
+    metrics = update_json(out / "metrics.json", replace_sections)
     return {d: {k: metrics.get(d, {}).get(k) for k in ("pearson_r", "ci_low", "ci_high")}
             for d in cfg.scorers}
