@@ -484,3 +484,131 @@ def test_half_split_gives_disjoint_deterministic_training_halves(tiny_encoder, p
     saved = json.loads((tmp_path / "test-rm" / METRICS).read_text())["config"]
     assert (saved["half"], saved["seed"], saved["ensemble"], saved["margin"]) == \
         ("second", 1, 1, 0.0)
+
+
+# ---------------------------------------------------------------- the decoder family
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory) -> str:
+    """A two-layer random Llama with the tiny ChatML tokenizer (pad token = end-of-turn, as in
+    SmolLM2, so the reward model must pick another)."""
+    from conftest import build_tiny_policy
+
+    return str(build_tiny_policy(tmp_path_factory.mktemp("tiny_decoder")))
+
+
+@pytest.fixture(scope="module")
+def trained_decoder(tiny_decoder, pref_file, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("rm") / "decoder-rm"
+    cfg = RMTrainConfig(data=str(pref_file), out=str(out), family="decoder",
+                        base_model=tiny_decoder, freeze_encoder=False, epochs=3, lr=3e-3,
+                        batch_size=16, max_length=64, seed=0)
+    return out, train_reward_model(cfg)
+
+
+def test_decoder_family_trains_through_trl_and_round_trips(trained_decoder):
+    from rewardprompt.rewards.decoder import DecoderRewardModel
+
+    out, metrics = trained_decoder
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert json.loads((out / "rm_config.json").read_text())["family"] == "decoder"
+    assert not out.with_name(out.name + ".tmp-trainer").exists()  # trainer scratch is removed
+    loaded = load_scorer(out)
+    assert isinstance(loaded, DecoderRewardModel) and isinstance(loaded, Scorer)
+    rows = _pairs(seed=5, n=20)
+    prompts = [r["prompt"] for r in rows]
+    chosen = loaded.score(prompts, [r["chosen"] for r in rows])
+    assert np.all((chosen >= 0) & (chosen <= 1))
+    assert np.mean(chosen > loaded.score(prompts, [r["rejected"] for r in rows])) >= 0.9
+    again = DecoderRewardModel.load(out).score_raw(prompts, [r["chosen"] for r in rows])
+    np.testing.assert_allclose(again, loaded.score_raw(prompts, [r["chosen"] for r in rows]))
+
+
+def test_decoder_reads_the_reward_at_the_end_of_turn_token(tiny_decoder):
+    """The score is the sequence-classification head at the closing end-of-turn token, the same
+    value RewardTrainer trains; the pad token differs from it; long inputs keep the response's
+    share of the budget and the closing token."""
+    from rewardprompt.rewards.decoder import DecoderRewardModel
+
+    m = DecoderRewardModel.from_base(tiny_decoder, max_length=24, seed=0)
+    tok = m.tokenizer
+    assert tok.pad_token_id != tok.eos_token_id
+    rows = _pairs(seed=3, n=6)
+    long_prompt = [{"role": "user", "content": "tell me about the red car " * 40}]
+    prompts = [r["prompt"] for r in rows] + [long_prompt]
+    responses = [r["chosen"] for r in rows] + ["the car is great " * 40]
+    batch = m.tokenize(prompts, responses)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(batch).numpy(), m.model(**batch).logits.squeeze(-1).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        n = int(mask.sum())
+        assert n <= 24 and int(ids[n - 1]) == tok.eos_token_id
+    # Both too long: the response keeps half the budget (23 + the closing token), cut at its end;
+    # the prompt keeps its last 12 tokens, so it still ends with the assistant header.
+    ids = m.encode(long_prompt, "the car is great " * 40)
+    full_prompt = tok(m._prompt_text(long_prompt), add_special_tokens=False)["input_ids"]
+    full_response = tok("the car is great " * 40, add_special_tokens=False)["input_ids"]
+    assert ids == full_prompt[-12:] + full_response[:11] + [tok.eos_token_id]
+
+
+def test_decoder_train_layers_freezes_the_lower_blocks(tiny_decoder, pref_file, tmp_path):
+    from rewardprompt.rewards import train as train_mod
+    from rewardprompt.rewards.decoder import DecoderRewardModel
+
+    m = DecoderRewardModel.from_base(tiny_decoder, max_length=32)
+    train_mod._freeze_below(m, 1)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any(".layers.1." in n for n in trainable) and "model.score.weight" in trainable
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in trainable)
+    metrics = train_reward_model(RMTrainConfig(
+        data=str(pref_file), out=str(tmp_path / "rm"), family="decoder", base_model=tiny_decoder,
+        freeze_encoder=False, train_layers=1, epochs=1, lr=1e-3, max_length=32, limit=40))
+    assert metrics["config"]["train_layers"] == 1
+    with pytest.raises(ValueError, match="train_layers applies to the decoder family only"):
+        RMTrainConfig(data="x", out="y", train_layers=1).validate()
+    with pytest.raises(ValueError, match="family must be one of"):
+        RMTrainConfig(data="x", out="y", family="lstm").validate()
+
+
+def test_decoder_frozen_head_and_ensemble_load_by_family(tiny_decoder, pref_file, tmp_path):
+    metrics = train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "rm"),
+                                               family="decoder", base_model=tiny_decoder,
+                                               max_length=48))
+    assert metrics["n_train"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
+    train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "ens"),
+                                     family="decoder", base_model=tiny_decoder,
+                                     freeze_encoder=False, ensemble=2, epochs=1, lr=1e-3,
+                                     max_length=32, limit=40))
+    ens = load_scorer(tmp_path / "ens")
+    assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
+    assert {m.family for m in ens.members} == {"decoder"}
+    rows = _pairs(seed=7, n=4)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    np.testing.assert_allclose(ens.score_raw(prompts, responses),
+                               ens.score_raw_members(prompts, responses).mean(0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- benchmark
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_bench_rm_times_both_trainers_and_writes_json(family, tiny_encoder, tiny_decoder,
+                                                      pref_file, tmp_path):
+    from rewardprompt.bench import BenchRMConfig, bench_rm
+
+    out = tmp_path / "bench" / "rm.json"
+    base = tiny_encoder if family == "encoder" else tiny_decoder
+    result = bench_rm(BenchRMConfig(out=str(out), family=family, base_model=base,
+                                    data=str(pref_file), pairs=16, batch_size=8, max_length=128,
+                                    repeats=1))
+    saved = json.loads(out.read_text())
+    assert saved["ratio"] == pytest.approx(result["ratio"])
+    for name in ("rewardprompt", "trl"):
+        run = saved["runs"][name][0]
+        assert run["pairs_trained"] == 16 and run["train_s"] > 0
+        assert saved["median_examples_per_second"][name] == pytest.approx(
+            run["examples_per_second"])
+    assert saved["ratio"] == pytest.approx(saved["median_examples_per_second"]["rewardprompt"]
+                                           / saved["median_examples_per_second"]["trl"])
+    with pytest.raises(ValueError, match="dropped all 16 pairs"):
+        bench_rm(BenchRMConfig(out=str(tmp_path / "x.json"), family=family, base_model=base,
+                               data=str(pref_file), pairs=16, batch_size=8, max_length=16,
+                               repeats=1))

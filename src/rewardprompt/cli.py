@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
             "Elo and Bradley-Terry ratings of models on the same prompts, judged by a scorer"),
     "report": ("rewardprompt.report.html:ReportConfig", "rewardprompt.report.html:run_report",
                ("run",), "build RUN/report.html from the run's files"),
+    "bench rm": ("rewardprompt.bench:BenchRMConfig", "rewardprompt.bench:bench_rm", (),
+                 "RM training pairs/s against TRL's RewardTrainer, written to JSON"),
     "demo": ("rewardprompt.pipeline:DemoConfig", "rewardprompt.pipeline:run_demo", (),
              "the whole pipeline on the embedded default"),
 }

@@ -1,15 +1,23 @@
-"""The reward model: a small transformers encoder, mean pooling, and a linear scalar head.
+"""Reward models: two families behind one interface (``BaseRewardModel``, a ``Scorer``).
 
-A (prompt, response) pair is read as a text pair, ``[CLS] context [SEP] response [SEP]``, where
+* ``encoder`` (the default, ``RewardModel`` here): a small transformers encoder, mean pooling,
+  and a linear scalar head.
+* ``decoder`` (``decoder.DecoderRewardModel``): a causal LM with a scalar head through
+  ``AutoModelForSequenceClassification``, read at the last token; trained with TRL's
+  ``RewardTrainer``.
+
+Both are trained with the pairwise Bradley-Terry loss (``train.py``). In the encoder family a
+(prompt, response) pair is read as a text pair, ``[CLS] context [SEP] response [SEP]``, where
 the context is the last user turn (``turns="last"``) or the whole dialogue (``turns="all"``). When
 the pair is too long, the context is truncated first so the response, which is what is being
 judged, survives; only when the response alone is too long are both cut.
 
-A saved reward model is a folder::
+A saved encoder reward model is a folder (the decoder family's holds ``model/`` instead of
+``encoder/`` and ``head.safetensors``)::
 
     encoder/            the fine-tuned encoder and its tokenizer (save_pretrained)
     head.safetensors    the scalar head
-    rm_config.json      base model and options ("kind": "single")
+    rm_config.json      family, base model and options ("kind": "single")
     normaliser.json     the empirical CDF that maps raw scores to [0, 1]
 
 An ensemble of k reward models (``RewardEnsemble``: same data, seeds seed..seed+k-1, reward = the
@@ -19,12 +27,13 @@ mean of the members' raw scores) is one folder too::
     rm_config.json                "kind": "ensemble" and the member folder names
     normaliser.json               one normaliser, fitted on the ensemble's mean raw scores
 
-``RewardModel.load`` reads either kind, so ``load_scorer`` takes both.
+``RewardModel.load`` (``BaseRewardModel.load``) reads any of them, so ``load_scorer`` takes all.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,6 +58,7 @@ NORMALISER = "normaliser.json"
 HEAD = "head.safetensors"
 ENCODER_DIR = "encoder"
 TURNS = ("last", "all")
+FAMILIES = ("encoder", "decoder")
 KIND_SINGLE, KIND_ENSEMBLE = "single", "ensemble"
 #: Show a progress bar when scoring at least this many texts.
 TQDM_MIN = 256
@@ -131,24 +141,167 @@ def _check_texts(contexts: Sequence[str], responses: Sequence[str]) -> None:
                              "cannot judge an answer to nothing; drop it before scoring")
 
 
-class RewardModel(nn.Module):
-    """Encoder + attention-masked mean pooling + ``Linear(hidden, 1)``; implements ``Scorer``."""
+class BaseRewardModel(nn.Module, metaclass=ABCMeta):
+    """What both reward-model families share: scoring in length-sorted batches with the input
+    checks, normalisation, saving and loading by folder. A family subclass supplies
+    ``tokenize``, ``embed`` (the pooled features the scalar ``head`` reads), ``head``,
+    ``options``, ``save_weights``, ``load_weights`` and ``from_base``."""
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any, *, base_model: str,
-                 max_length: int = 128, turns: str = "last",
-                 normaliser: EmpiricalCDFNormaliser | None = None,
-                 name: str = "reward-model") -> None:
+    family = ""
+    head: nn.Linear
+
+    def __init__(self, *, base_model: str, max_length: int, turns: str,
+                 normaliser: EmpiricalCDFNormaliser | None, name: str) -> None:
         super().__init__()
         if turns not in TURNS:
             raise ValueError(f"turns must be one of {TURNS}, got {turns!r}")
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
-        self.encoder = encoder
-        self.tokenizer = tokenizer
-        self.head = nn.Linear(encoder.config.hidden_size, 1)
         self.base_model, self.max_length, self.turns = str(base_model), int(max_length), turns
         self.normaliser = normaliser
         self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @abstractmethod
+    def tokenize(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchEncoding:
+        """Tokenise (prompt, response) pairs into one padded batch."""
+
+    @abstractmethod
+    def embed(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pooled features that ``head`` maps to the raw reward, ``(batch, hidden)``."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """What ``rm_config.json`` records: kind, family, base model, options."""
+
+    @abstractmethod
+    def save_weights(self, directory: str | Path) -> Path:
+        """Weights, tokenizer and options, without the normaliser."""
+
+    def _autocast(self):
+        # bf16 autocast on GPU roughly halves memory and time; CPU bf16 is slower on most CPUs.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def forward(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw scalar rewards, shape ``(batch,)``."""
+        return self.head(self.embed(batch)).squeeze(-1)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model folder; ``load`` reads it back. Requires a fitted normaliser."""
+        if self.normaliser is None:
+            raise ValueError("fit the normaliser before saving: a reward model without one cannot "
+                             "produce rewards in [0, 1]")
+        d = self.save_weights(directory)
+        atomic_write_json(d / NORMALISER, self.normaliser.to_dict())
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BaseRewardModel | RewardEnsemble:
+        """Load a folder written by ``save`` of either family, or by ``RewardEnsemble.save``.
+
+        The folder's name becomes the scorer's ``name``.
+        """
+        d = Path(directory)
+        opts = _read_options(d)
+        if opts.get("kind", KIND_SINGLE) == KIND_ENSEMBLE:
+            return RewardEnsemble.load(d)
+        normaliser = _read_normaliser(d)
+        return load_member(d, normaliser=normaliser, name=d.resolve().name)
+
+    # ------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def _batched(self, fn, prompts: Sequence[Prompt], responses: Sequence[str],
+                 batch_size: int, desc: str) -> torch.Tensor:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        contexts = [prompt_context(p, self.turns) for p in prompts]
+        _check_texts(contexts, responses)
+        # Batches of similar length waste little compute on padding (which the pooling masks
+        # out, so the scores do not change); the original order is restored at the end.
+        lengths = [len(c) + len(r) for c, r in zip(contexts, responses)]
+        order = sorted(range(len(responses)), key=lengths.__getitem__)
+        was_training = self.training
+        self.eval()
+        try:
+            outs = []
+            starts = range(0, len(order), batch_size)
+            for i in tqdm(starts, desc=desc, unit="batch", leave=False,
+                          disable=len(responses) < TQDM_MIN):
+                idx = order[i:i + batch_size]
+                batch = self.tokenize([prompts[j] for j in idx], [responses[j] for j in idx])
+                outs.append(fn(batch).float().cpu())
+        finally:
+            self.train(was_training)
+        if not outs:
+            return torch.empty(0)
+        out = torch.empty_like(torch.cat(outs))
+        out[torch.as_tensor(order)] = torch.cat(outs)
+        return out
+
+    def embed_texts(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                    batch_size: int = 32) -> torch.Tensor:
+        """Pooled features of (prompt, response) pairs, ``(n, hidden)`` on the CPU."""
+        out = self._batched(self.embed, prompts, responses, batch_size, "embedding")
+        return out.reshape(len(responses), self.head.in_features)
+
+    def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                  batch_size: int = 32) -> np.ndarray:
+        """Raw (unnormalised) rewards: only their differences are meaningful.
+
+        Empty responses or contexts, and non-finite scores (an overflow, corrupt weights), raise a
+        ValueError naming the first index at fault, instead of flowing on into labels.
+        """
+        raw = self._batched(self.forward, prompts, responses, batch_size, "scoring").numpy()
+        finite_scores(raw, f"reward model '{self.name}' scored")
+        return raw
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
+              batch_size: int = 32) -> np.ndarray:
+        """Normalised rewards in [0, 1] (the ``Scorer`` protocol)."""
+        if self.normaliser is None:
+            raise ValueError(f"reward model '{self.name}' has no fitted normaliser")
+        return self.normaliser(self.score_raw(prompts, responses, batch_size))
+
+
+def family_class(family: str) -> type[BaseRewardModel]:
+    """The reward-model class of a family name (``"encoder"`` or ``"decoder"``)."""
+    if family == "encoder":
+        return RewardModel
+    if family == "decoder":
+        from .decoder import DecoderRewardModel  # imported lazily: it pulls in the LM stack
+
+        return DecoderRewardModel
+    raise ValueError(f"unknown reward-model family {family!r}; expected one of {FAMILIES}")
+
+
+def load_member(directory: str | Path, *, normaliser: EmpiricalCDFNormaliser | None = None,
+                name: str | None = None) -> BaseRewardModel:
+    """The weights of one reward model folder, of whichever family its options name."""
+    opts = _read_options(Path(directory))
+    return family_class(opts.get("family", "encoder")).load_weights(
+        directory, normaliser=normaliser, name=name)
+
+
+class RewardModel(BaseRewardModel):
+    """The encoder family: encoder + attention-masked mean pooling + ``Linear(hidden, 1)``;
+    implements ``Scorer``."""
+
+    family = "encoder"
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, *, base_model: str,
+                 max_length: int = 128, turns: str = "last",
+                 normaliser: EmpiricalCDFNormaliser | None = None,
+                 name: str = "reward-model") -> None:
+        super().__init__(base_model=base_model, max_length=max_length, turns=turns,
+                         normaliser=normaliser, name=name)
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.head = nn.Linear(encoder.config.hidden_size, 1)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -165,22 +318,9 @@ class RewardModel(nn.Module):
                     name=Path(base).name or base)
         return model.to(pick_device())
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
     def options(self) -> dict[str, Any]:
-        return {"kind": KIND_SINGLE, "base_model": self.base_model, "max_length": self.max_length,
-                "turns": self.turns, "hidden_size": self.head.in_features, "pooling": "mean"}
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the model folder; ``load`` reads it back. Requires a fitted normaliser."""
-        if self.normaliser is None:
-            raise ValueError("fit the normaliser before saving: a reward model without one cannot "
-                             "produce rewards in [0, 1]")
-        d = self.save_weights(directory)
-        atomic_write_json(d / NORMALISER, self.normaliser.to_dict())
-        return d
+        return {"kind": KIND_SINGLE, "base_model": self.base_model, "family": self.family,
+                "max_length": self.max_length, "turns": self.turns, "hidden_size": self.head.in_features, "pooling": "mean"}
 
     def save_weights(self, directory: str | Path) -> Path:
         """Encoder, tokenizer, head and options, without the normaliser (an ensemble member)."""
@@ -192,19 +332,6 @@ class RewardModel(nn.Module):
                   str(d / HEAD))
         atomic_write_json(d / RM_CONFIG, self.options())
         return d
-
-    @classmethod
-    def load(cls, directory: str | Path) -> RewardModel | RewardEnsemble:
-        """Load a folder written by ``save`` (or ``RewardEnsemble.save``: then the ensemble).
-
-        The folder's name becomes the scorer's ``name``.
-        """
-        d = Path(directory)
-        opts = _read_options(d)
-        if opts.get("kind", KIND_SINGLE) == KIND_ENSEMBLE:
-            return RewardEnsemble.load(d)
-        normaliser = _read_normaliser(d)
-        return cls.load_weights(d, normaliser=normaliser, name=d.resolve().name)
 
     @classmethod
     def load_weights(cls, directory: str | Path, *,
@@ -246,12 +373,6 @@ class RewardModel(nn.Module):
                                                max_length=self.max_length))
             return self.tokenizer.pad(rows, padding=True, return_tensors="pt")
 
-    def _autocast(self):
-        # bf16 autocast on GPU roughly halves memory and time; CPU bf16 is slower on most CPUs.
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
     def embed(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the encoder's last hidden states over the attention mask, in float32."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -260,64 +381,6 @@ class RewardModel(nn.Module):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return pooled.float()
-
-    def forward(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw scalar rewards, shape ``(batch,)``."""
-        return self.head(self.embed(batch)).squeeze(-1)
-
-    # ------------------------------------------------------------ scoring
-    @torch.no_grad()
-    def _batched(self, fn, prompts: Sequence[Prompt], responses: Sequence[str],
-                 batch_size: int, desc: str) -> torch.Tensor:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        contexts = [prompt_context(p, self.turns) for p in prompts]
-        _check_texts(contexts, responses)
-        # Batches of similar length waste little compute on padding (which the mean pooling masks
-        # out, so the scores do not change); the original order is restored at the end.
-        lengths = [len(c) + len(r) for c, r in zip(contexts, responses)]
-        order = sorted(range(len(responses)), key=lengths.__getitem__)
-        was_training = self.training
-        self.eval()
-        try:
-            outs = []
-            starts = range(0, len(order), batch_size)
-            for i in tqdm(starts, desc=desc, unit="batch", leave=False,
-                          disable=len(responses) < TQDM_MIN):
-                idx = order[i:i + batch_size]
-                batch = self.tokenize([prompts[j] for j in idx], [responses[j] for j in idx])
-                outs.append(fn(batch).float().cpu())
-        finally:
-            self.train(was_training)
-        if not outs:
-            return torch.empty(0)
-        out = torch.empty_like(torch.cat(outs))
-        out[torch.as_tensor(order)] = torch.cat(outs)
-        return out
-
-    def embed_texts(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                    batch_size: int = 32) -> torch.Tensor:
-        """Pooled embeddings of (prompt, response) pairs, ``(n, hidden)`` on the CPU."""
-        out = self._batched(self.embed, prompts, responses, batch_size, "embedding")
-        return out.reshape(len(responses), self.head.in_features)
-
-    def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                  batch_size: int = 32) -> np.ndarray:
-        """Raw (unnormalised) rewards: only their differences are meaningful.
-
-        Empty responses or contexts, and non-finite scores (an overflow, corrupt weights), raise a
-        ValueError naming the first index at fault, instead of flowing on into labels.
-        """
-        raw = self._batched(self.forward, prompts, responses, batch_size, "scoring").numpy()
-        finite_scores(raw, f"reward model '{self.name}' scored")
-        return raw
-
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
-              batch_size: int = 32) -> np.ndarray:
-        """Normalised rewards in [0, 1] (the ``Scorer`` protocol)."""
-        if self.normaliser is None:
-            raise ValueError(f"reward model '{self.name}' has no fitted normaliser")
-        return self.normaliser(self.score_raw(prompts, responses, batch_size))
 
 
 class RewardEnsemble:
@@ -329,7 +392,7 @@ class RewardEnsemble:
     scale of their raw scores, which models trained alike with the Bradley-Terry loss do.
     """
 
-    def __init__(self, members: Sequence[RewardModel], *,
+    def __init__(self, members: Sequence[BaseRewardModel], *,
                  normaliser: EmpiricalCDFNormaliser | None = None,
                  name: str = "reward-ensemble") -> None:
         if not members:
@@ -346,8 +409,8 @@ class RewardEnsemble:
         first = self.members[0]
         return {"kind": KIND_ENSEMBLE,
                 "members": [self.member_dir(i) for i in range(len(self.members))],
-                "base_model": first.base_model, "max_length": first.max_length,
-                "turns": first.turns}
+                "family": first.family, "base_model": first.base_model,
+                "max_length": first.max_length, "turns": first.turns}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``member-i/`` folders, the ensemble's options and its shared normaliser."""
@@ -377,7 +440,7 @@ class RewardEnsemble:
             if not (d / sub).is_dir():
                 raise FileNotFoundError(f"reward ensemble {d} lists member {sub!r}, but {d / sub} "
                                         "does not exist")
-            members.append(RewardModel.load_weights(d / sub, name=f"{name}/{sub}"))
+            members.append(load_member(d / sub, name=f"{name}/{sub}"))
         return cls(members, normaliser=normaliser, name=name)
 
     def score_raw_members(self, prompts: Sequence[Prompt], responses: Sequence[str],

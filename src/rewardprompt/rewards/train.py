@@ -42,7 +42,8 @@ from ..errors import DataError
 from ..evaluate.metrics import accuracy_ci
 from ..runs import (publish_dir, atomic_write_bytes, atomic_write_json, iter_jsonl, iter_jsonl_lines,
                     to_jsonable, write_jsonl)
-from .model import TURNS, RewardEnsemble, RewardModel, prompt_context
+from .model import (FAMILIES, TURNS, BaseRewardModel, RewardEnsemble, RewardModel,
+                    family_class, prompt_context)
 from .normaliser import EmpiricalCDFNormaliser
 
 METRICS = "metrics.json"
@@ -59,7 +60,7 @@ HALVES = ("first", "second")
 HALF_SALT = "rewardprompt-half"
 
 #: What ``score_raw`` and friends accept: one reward model or an ensemble of them.
-Scoring = RewardModel | RewardEnsemble
+Scoring = BaseRewardModel | RewardEnsemble
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -206,15 +207,22 @@ class RMTrainConfig:
 
     data: str
     out: str
-    base_model: str | None = None  # None: the shipped all-MiniLM-L6-v2
+    # "encoder": MiniLM-style encoder, mean pooling, scalar head (the default); "decoder": a
+    # causal LM through AutoModelForSequenceClassification, fine-tuned with TRL's RewardTrainer.
+    family: str = "encoder"
+    base_model: str | None = None  # None: the shipped all-MiniLM-L6-v2 / SmolLM2-135M-Instruct
     data_dir: str | None = None
     split: str | None = None
     test_fraction: float = 0.2  # held out by the hash split; 0 trains on everything
     max_length: int = 128
     turns: str = "last"  # "last": the last user turn is the context; "all": the whole dialogue
     epochs: int = 1
-    lr: float = 3e-5  # encoder
-    head_lr: float = 1e-3
+    lr: float = 3e-5  # encoder (the decoder family: the whole model, through RewardTrainer)
+    head_lr: float = 1e-3  # encoder family only
+    # Decoder family, full training: fine-tune only the top k transformer blocks (with the final
+    # norm and the score head); 0 trains every block. Backpropagating through fewer blocks is
+    # what makes a 135M decoder trainable on a CPU.
+    train_layers: int = 0
     batch_size: int = 16  # pairs per step
     seed: int = 0
     limit: int | None = None
@@ -238,6 +246,12 @@ class RMTrainConfig:
     drop_identical: bool = True
 
     def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.train_layers < 0:
+            raise ValueError(f"train_layers must be >= 0, got {self.train_layers}")
+        if self.train_layers and self.family != "decoder":
+            raise ValueError("train_layers applies to the decoder family only")
         if self.turns not in TURNS:
             raise ValueError(f"turns must be one of {TURNS}, got {self.turns!r}")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -297,9 +311,14 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> list[np.nda
     return out
 
 
-def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
-                seed: int) -> np.ndarray:
-    """Fine-tune encoder and head end to end; return the raw scores of all training responses."""
+def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> None:
+    """Encoder family: fine-tune encoder and head end to end with the Bradley-Terry loss.
+
+    A hand-written loop, not TRL's RewardTrainer: that trainer takes an
+    ``AutoModelForSequenceClassification``, whose BERT head reads the [CLS] pooler, while this
+    family's head reads the mean of the token states that the sentence encoder was trained to
+    produce. ``rewardprompt bench rm`` times this loop against RewardTrainer on the same weights.
+    """
     prompts = [_field(p, "prompt") for p in pairs]
     chosen = [_field(p, "chosen") for p in pairs]
     rejected = [_field(p, "rejected") for p in pairs]
@@ -320,10 +339,9 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    return model.score_raw(prompts + prompts, chosen + rejected)
 
 
-def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
+def _train_head(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
                 seed: int) -> np.ndarray:
     """Frozen encoder: embed every training response once, then fit only the linear head.
 
@@ -348,21 +366,92 @@ def _train_head(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
     clf = LogisticRegression(C=HEAD_C, fit_intercept=False, max_iter=5000).fit(diff, labels)
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(clf.coef_, dtype=model.head.weight.dtype))
-        model.head.bias.zero_()  # a constant offset cancels in every comparison
+        if model.head.bias is not None:
+            model.head.bias.zero_()  # a constant offset cancels in every comparison
         return model.head(torch.as_tensor(emb, dtype=torch.float32,
                                           device=model.device)).squeeze(-1).cpu().numpy()
 
 
-def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int,
-                  name: str) -> tuple[RewardModel, np.ndarray]:
+def _freeze_below(model: BaseRewardModel, top: int) -> None:
+    """Decoder family: train only the top ``top`` blocks, the final norm and the score head."""
+    base = model.model.base_model
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"train_layers={top} needs a decoder with a .layers stack; "
+                         f"{type(base).__name__} has none (use train_layers=0)")
+    model.requires_grad_(False)
+    for module in [*layers[-top:], getattr(base, "norm", None), model.head]:
+        if module is not None:
+            module.requires_grad_(True)
+
+
+def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, seed: int,
+               workdir: Path) -> None:
+    """Decoder family, full training with TRL's ``RewardTrainer`` (the Bradley-Terry loss, with
+    ``margin`` as its per-pair margin column).
+
+    Pairs are tokenised here by the model's own ``encode`` (prompt cut from the left, response
+    closed by the end-of-turn token), so RewardTrainer gets ``chosen_ids``/``rejected_ids`` that
+    already fit ``max_length``: its own path would drop every longer pair instead of truncating
+    it. A ``length`` column lets the Trainer group pairs of similar length into batches, which
+    saves most of the padding compute on CPU. Training is short (one stage of a run), so it
+    keeps no checkpoints; a killed run retrains the reward model.
+
+    The fresh score head is first fitted on the frozen features (``_train_head``: a linear probe,
+    then fine-tuning, which keeps the pretrained features from being distorted by gradients
+    through a random head, Kumar et al. 2022).
+    """
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    model.requires_grad_(False)
+    _train_head(model, pairs, cfg, seed)
+    if cfg.train_layers:
+        _freeze_below(model, cfg.train_layers)
+    else:
+        model.requires_grad_(True)
+    chosen = [model.encode(_field(p, "prompt"), _field(p, "chosen")) for p in pairs]
+    rejected = [model.encode(_field(p, "prompt"), _field(p, "rejected")) for p in pairs]
+    rows: dict[str, list] = {"chosen_ids": chosen, "rejected_ids": rejected,
+                             "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected)]}
+    if cfg.margin:
+        rows["margin"] = [cfg.margin] * len(pairs)
+    use_cuda = model.device.type == "cuda"
+    steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
+    args = RewardConfig(
+        output_dir=str(workdir), num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        lr_scheduler_type="linear", warmup_steps=WARMUP_FRACTION, weight_decay=0.01,
+        max_grad_norm=1.0, max_length=None, disable_dropout=True,
+        train_sampling_strategy="group_by_length", remove_unused_columns=False,
+        logging_steps=max(1, min(10, steps // 10)), save_strategy="no", report_to="none",
+        seed=seed, data_seed=seed, use_cpu=not use_cuda,
+        bf16=use_cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0)
+    trainer = RewardTrainer(model=model.model, args=args, train_dataset=Dataset.from_dict(rows),
+                            processing_class=model.tokenizer)
+    trainer.train()
+    shutil.rmtree(workdir, ignore_errors=True)
+    model.eval()
+
+
+def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str,
+                  workdir: Path) -> tuple[BaseRewardModel, np.ndarray]:
     """One reward model trained with ``seed``; returns it and its training raw scores."""
     _seed_everything(seed)
-    model = RewardModel.from_base(cfg.base_model, max_length=cfg.max_length, turns=cfg.turns,
-                                  seed=seed)
+    model = family_class(cfg.family).from_base(cfg.base_model, max_length=cfg.max_length,
+                                               turns=cfg.turns, seed=seed)
     model.name = name
     if cfg.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    train_raw = (_train_head if cfg.freeze_encoder else _train_full)(model, train, cfg, seed)
+        model.requires_grad_(False)
+        train_raw = _train_head(model, train, cfg, seed)
+    else:
+        if cfg.family == "decoder":
+            _train_trl(model, train, cfg, seed, workdir)
+        else:
+            _train_full(model, train, cfg, seed)
+        prompts = [_field(p, "prompt") for p in train]
+        train_raw = model.score_raw(prompts + prompts, [_field(p, "chosen") for p in train]
+                                    + [_field(p, "rejected") for p in train])
     return model, np.asarray(train_raw, dtype=np.float64)
 
 
@@ -398,7 +487,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     members, member_raw = [], []
     for k in range(cfg.ensemble):
         name = out.name if cfg.ensemble == 1 else f"{out.name}/{RewardEnsemble.member_dir(k)}"
-        model, raw = _train_member(cfg, train, cfg.seed + k, name)
+        model, raw = _train_member(cfg, train, cfg.seed + k, name,
+                                   tmp.with_name(tmp.name + "-trainer"))
         members.append(model)
         member_raw.append(raw)
     model = members[0] if cfg.ensemble == 1 else RewardEnsemble(members, name=out.name)

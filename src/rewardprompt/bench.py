@@ -1,0 +1,155 @@
+"""Benchmarks: speed targets live here, measured side by side, never in timed tests.
+
+``rewardprompt bench rm``: reward-model training throughput of this package's trainer against
+TRL's ``RewardTrainer`` used the way its documentation shows (``AutoModelForSequenceClassification``
+with ``num_labels=1`` on the same base weights, a ``prompt``/``chosen``/``rejected`` dataset, the
+same batch size, learning rate, maximum length and pairs), one after the other in one process on
+one machine, each repeated ``repeats`` times (median reported). Examples per second counts the
+pairs each trainer actually trained on: TRL drops pairs longer than ``max_length`` where this
+package truncates them, so its count can be smaller and the JSON records both. The result goes to
+``out`` as JSON, with the machine, the versions and the config.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .runs import atomic_write_json, package_versions, to_jsonable
+
+
+@dataclass
+class BenchRMConfig:
+    """``rewardprompt bench rm``: pairs per second, ours vs TRL's RewardTrainer."""
+
+    out: str = "runs/bench/rm.json"
+    family: str = "encoder"  # "encoder" (MiniLM) or "decoder" (SmolLM2-135M)
+    base_model: str | None = None  # None: the family's shipped default
+    data: str = "hh-harmless"
+    pairs: int = 256
+    batch_size: int = 16
+    max_length: int = 128
+    lr: float = 3e-5
+    repeats: int = 3
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    seed: int = 0
+
+
+def _trl_conversational(pairs: list[Any]) -> list[dict[str, Any]]:
+    """The pairs as TRL's conversational preference format (implicit-prompt chat messages)."""
+    rows = []
+    for p in pairs:
+        prompt = p.prompt if isinstance(p.prompt, list) else [{"role": "user", "content": p.prompt}]
+        rows.append({"prompt": [dict(m) for m in prompt],
+                     "chosen": [{"role": "assistant", "content": p.chosen}],
+                     "rejected": [{"role": "assistant", "content": p.rejected}]})
+    return rows
+
+
+def _trl_text(pairs: list[Any], turns: str) -> list[dict[str, str]]:
+    """Plain-text rows for an encoder: the context the RM reads, then the reply."""
+    from .rewards.model import prompt_context
+
+    return [{"prompt": prompt_context(p.prompt, turns) + "\n", "chosen": p.chosen,
+             "rejected": p.rejected} for p in pairs]
+
+
+def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from .policy.models import resolve_policy
+
+    path = resolve_policy(base) if cfg.family == "decoder" else base
+    rows = _trl_conversational(pairs) if cfg.family == "decoder" else _trl_text(pairs, "last")
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token is None:  # BERT-style encoders: TRL appends eos, [SEP] plays its part
+        tokenizer.eos_token = tokenizer.sep_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                               dtype=torch.float32)
+    use_cuda = torch.cuda.is_available()
+    args = RewardConfig(output_dir=str(workdir), num_train_epochs=1,
+                        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+                        max_length=cfg.max_length, save_strategy="no", report_to="none",
+                        seed=cfg.seed, use_cpu=not use_cuda, bf16=use_cuda,
+                        disable_tqdm=True, logging_steps=10**6)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                            processing_class=tokenizer)
+    setup = time.perf_counter() - t0
+    if len(trainer.train_dataset) == 0:
+        raise ValueError(f"TRL's RewardTrainer dropped all {len(pairs)} pairs as longer than "
+                         f"max_length={cfg.max_length} tokens; raise max_length")
+    t1 = time.perf_counter()
+    trainer.train()
+    train = time.perf_counter() - t1
+    n = len(trainer.train_dataset)
+    return {"pairs_trained": n, "setup_s": setup, "train_s": train,
+            "examples_per_second": n / (setup + train)}
+
+
+def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
+    from .rewards.model import family_class
+    from .rewards.train import RMTrainConfig, _train_full, _train_trl
+
+    tcfg = RMTrainConfig(data=cfg.data, out=str(workdir), family=cfg.family, base_model=base,
+                         max_length=cfg.max_length, batch_size=cfg.batch_size, lr=cfg.lr,
+                         epochs=1, freeze_encoder=False, seed=cfg.seed)
+    t0 = time.perf_counter()
+    model = family_class(cfg.family).from_base(base, max_length=cfg.max_length, seed=cfg.seed)
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    train = (_train_trl if cfg.family == "decoder" else _train_full)
+    train(model, pairs, tcfg, cfg.seed, *([workdir / "trainer"] if cfg.family == "decoder" else []))
+    seconds = time.perf_counter() - t1
+    return {"pairs_trained": len(pairs), "setup_s": setup, "train_s": seconds,
+            "examples_per_second": len(pairs) / (setup + seconds)}
+
+
+def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
+    """Time both trainers ``repeats`` times on the same pairs; write and return the JSON."""
+    from .data import load_preferences
+    from .policy.models import DEFAULT_POLICY
+    from .rewards.model import FAMILIES, default_encoder_path
+
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {cfg.family!r}")
+    if cfg.pairs < cfg.batch_size or cfg.repeats < 1:
+        raise ValueError("pairs must be at least batch_size, and repeats at least 1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    base = cfg.base_model or (default_encoder_path() if cfg.family == "encoder" else DEFAULT_POLICY)
+    pairs = [p for p in load_preferences(cfg.data, skip_bad=True) if p.chosen != p.rejected]
+    pairs = pairs[:cfg.pairs]
+    runs: dict[str, list[dict[str, Any]]] = {"rewardprompt": [], "trl": []}
+    with tempfile.TemporaryDirectory(prefix="rewardprompt-bench-") as tmp:
+        for r in range(cfg.repeats):
+            # Alternate the order so that warm-up and thermal drift do not favour one side.
+            order = ("rewardprompt", "trl") if r % 2 == 0 else ("trl", "rewardprompt")
+            for name in order:
+                fn = _time_ours if name == "rewardprompt" else _time_trl
+                runs[name].append(fn(cfg, base, pairs, Path(tmp) / f"{name}-{r}"))
+                print(f"[rewardprompt] bench rm: {name} run {r + 1}/{cfg.repeats}: "
+                      f"{runs[name][-1]['examples_per_second']:.2f} pairs/s", flush=True)
+    med = {k: statistics.median(x["examples_per_second"] for x in v) for k, v in runs.items()}
+    result = {"benchmark": "rm-train", "config": cfg, "base_model": base,
+              "device": "cuda" if torch.cuda.is_available() else "cpu",
+              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpu_threads": torch.get_num_threads(),
+                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "versions": package_versions(),
+              "median_examples_per_second": med,
+              "ratio": med["rewardprompt"] / med["trl"] if med["trl"] else math.inf,
+              "runs": runs}
+    atomic_write_json(cfg.out, to_jsonable(result))
+    print(f"[rewardprompt] bench rm: rewardprompt {med['rewardprompt']:.2f} vs TRL "
+          f"{med['trl']:.2f} pairs/s, ratio {result['ratio']:.2f}; written to {cfg.out}", flush=True)
+    return to_jsonable(result)

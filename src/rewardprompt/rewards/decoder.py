@@ -1,0 +1,175 @@
+"""The decoder reward-model family: a causal LM with a scalar head.
+
+The model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` on a causal LM (by
+default the shipped SmolLM2-135M-Instruct): a linear ``score`` head read at the last token of
+the sequence, as in InstructGPT's and TRL's reward models. A (prompt, response) pair is the
+dialogue in the tokenizer's chat template (the last user turn, or the whole dialogue with
+``turns="all"``) followed by the response and the end-of-turn token, where the reward is read.
+When it is too long, the prompt is cut from the left (its end, the assistant header, survives)
+and the response keeps at least half the budget, cut at its end but still closed by the
+end-of-turn token, so the head always reads the same kind of position.
+
+Padding must not be the end-of-turn token: ``AutoModelForSequenceClassification`` reads the
+score at the last token that is not padding, and SmolLM2 pads with ``<|im_end|>``, its
+end-of-turn token, which would move the read one token to the left. ``pad_token_for`` picks a
+distinct special token (``<|endoftext|>`` in SmolLM2) or adds one.
+
+A saved decoder reward model is a folder::
+
+    model/              save_pretrained of the sequence-classification model and its tokenizer
+    rm_config.json      "family": "decoder", base model and options
+    normaliser.json     the empirical CDF that maps raw scores to [0, 1]
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, BatchEncoding
+
+from ..device import pick_device
+from ..runs import atomic_write_json
+from .model import (KIND_SINGLE, RM_CONFIG, BaseRewardModel, Prompt, _read_options, check_vocab,
+                    prompt_context)
+from .normaliser import EmpiricalCDFNormaliser
+
+MODEL_DIR = "model"
+#: Padding candidates, in order, when the tokenizer pads with its end-of-sequence token.
+PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
+
+
+def pad_token_for(tokenizer: Any) -> tuple[str, bool]:
+    """A padding token distinct from end-of-sequence, and whether it had to be added."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token != tokenizer.eos_token:
+        return tokenizer.pad_token, False
+    vocab = tokenizer.get_vocab()
+    for tok in (*PAD_CANDIDATES, tokenizer.unk_token):
+        if tok and tok in vocab and tok != tokenizer.eos_token:
+            return tok, False
+    return "<|pad|>", True
+
+
+def _messages(prompt: Prompt, turns: str) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if turns == "all":
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return [{"role": "user", "content": prompt_context(prompt, "last")}]
+
+
+class DecoderRewardModel(BaseRewardModel):
+    """A causal LM with a linear scalar head at the last token; implements ``Scorer``."""
+
+    family = "decoder"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, base_model: str,
+                 max_length: int = 256, turns: str = "last",
+                 normaliser: EmpiricalCDFNormaliser | None = None,
+                 name: str = "reward-model") -> None:
+        super().__init__(base_model=base_model, max_length=max_length, turns=turns,
+                         normaliser=normaliser, name=name)
+        if max_length < 16:
+            raise ValueError(f"max_length must be at least 16 tokens for a decoder reward model, "
+                             f"got {max_length}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{base_model}: the tokenizer has no end-of-sequence token, which "
+                             "closes every response the decoder reward model reads")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        pad, added = pad_token_for(tokenizer)
+        if added:
+            tokenizer.add_special_tokens({"pad_token": pad})
+            model.resize_token_embeddings(len(tokenizer))
+        tokenizer.pad_token = pad
+        model.config.pad_token_id = tokenizer.pad_token_id
+        check_vocab(tokenizer, model, base_model)
+
+    @property
+    def head(self) -> torch.nn.Linear:  # type: ignore[override]
+        return self.model.score
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_base(cls, name_or_path: str | Path | None = None, *, max_length: int = 256,
+                  turns: str = "last", seed: int | None = None) -> DecoderRewardModel:
+        """A fresh reward model on a pretrained causal LM (default: the shipped SmolLM2)."""
+        from ..policy.models import DEFAULT_POLICY, load_tokenizer, resolve_policy
+
+        base = str(name_or_path) if name_or_path else DEFAULT_POLICY
+        path = resolve_policy(base)
+        if seed is not None:
+            torch.manual_seed(seed)  # the score head's initialisation
+        tokenizer = load_tokenizer(base, padding_side="right")
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                   dtype=torch.float32)
+        return cls(model, tokenizer, base_model=base, max_length=max_length, turns=turns,
+                   name=Path(base).name or base).to(pick_device())
+
+    def options(self) -> dict[str, Any]:
+        return {"kind": KIND_SINGLE, "family": self.family, "base_model": self.base_model,
+                "max_length": self.max_length, "turns": self.turns,
+                "hidden_size": self.head.in_features, "pooling": "last"}
+
+    def save_weights(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d / MODEL_DIR)
+        self.tokenizer.save_pretrained(d / MODEL_DIR)
+        atomic_write_json(d / RM_CONFIG, self.options())
+        return d
+
+    @classmethod
+    def load_weights(cls, directory: str | Path, *,
+                     normaliser: EmpiricalCDFNormaliser | None = None,
+                     name: str | None = None) -> DecoderRewardModel:
+        from transformers import AutoTokenizer
+
+        d = Path(directory)
+        opts = _read_options(d)
+        if not (d / MODEL_DIR / "config.json").is_file():
+            raise FileNotFoundError(f"decoder reward model folder {d} has no {MODEL_DIR}/config.json: "
+                                    "the model weights are missing")
+        tokenizer = AutoTokenizer.from_pretrained(d / MODEL_DIR)
+        model = AutoModelForSequenceClassification.from_pretrained(d / MODEL_DIR)
+        check_vocab(tokenizer, model, d / MODEL_DIR)
+        out = cls(model, tokenizer, base_model=opts["base_model"],
+                  max_length=opts.get("max_length", 256), turns=opts.get("turns", "last"),
+                  normaliser=normaliser, name=name or d.resolve().name)
+        return out.to(pick_device()).eval()
+
+    # ------------------------------------------------------------ tokenising
+    def _prompt_text(self, prompt: Prompt) -> str:
+        msgs = _messages(prompt, self.turns)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                      add_generation_prompt=True)
+        from ..data import dialogue_to_text  # a base model without a chat template
+
+        return dialogue_to_text(msgs) + "\n\nAssistant: "
+
+    def encode(self, prompt: Prompt, response: str) -> list[int]:
+        """Token ids of one (prompt, response) pair, at most ``max_length``, ending in end-of-turn."""
+        tok = self.tokenizer
+        p = tok(self._prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        r = tok(response, add_special_tokens=False)["input_ids"]
+        budget = self.max_length - 1  # the end-of-turn token
+        r = r[:max(budget - len(p), budget // 2)]
+        p = p[len(p) - (budget - len(r)):] if len(p) + len(r) > budget else p
+        return p + r + [tok.eos_token_id]
+
+    def tokenize(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchEncoding:
+        rows = [{"input_ids": self.encode(p, r)} for p, r in zip(prompts, responses, strict=True)]
+        return self.tokenizer.pad(rows, padding=True, return_tensors="pt")
+
+    # ------------------------------------------------------------ forward
+    def embed(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last layer's hidden state at the last real token (the end-of-turn token)."""
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids",
+                                                                         "attention_mask")}
+        with self._autocast():
+            hidden = self.model.base_model(**batch).last_hidden_state
+        last = batch["attention_mask"].sum(1) - 1  # right padding
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
