@@ -15,10 +15,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def demo_args(out: Path, policy: Path, encoder: Path) -> list[str]:
+def demo_args(out: Path, policy: Path) -> list[str]:
+    # The demo's default reward models are the decoder family: here the tiny policy cut to one
+    # block, mean-pooled, with a logistic head.
     return [sys.executable, "-m", "rewardprompt.cli", "demo", "--out", str(out),
-            "--policy", str(policy), "--rm-base", str(encoder), "--rm-limit", "48",
-            "--rm-max-length", "48", "--label-pairs", "12", "--steps", "8", "--batch-size", "4",
+            "--policy", str(policy), "--rm-base", str(policy), "--rm-layers", "1",
+            "--rm-limit", "48", "--rm-max-length", "48", "--label-pairs", "12", "--steps", "8", "--batch-size", "4",
             "--save-steps", "2", "--max-prompt-tokens", "160", "--max-completion-tokens", "16",
             "--eval-prompts", "4", "--samples-per-prompt", "2",
             "--sampling.max-new-tokens", "8", "--n-boot", "50"]
@@ -30,9 +32,9 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, tiny_policy, tiny_encoder) -> Path:
+def clean_run(tmp_path_factory, tiny_policy) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"
-    res = run_cli(demo_args(out, tiny_policy, tiny_encoder))
+    res = run_cli(demo_args(out, tiny_policy))
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -67,17 +69,16 @@ def test_every_stage_and_outputs(clean_run):
     assert meta["conditioned"] is False and meta["template"]["dimensions"] == ["helpful", "harmless"]
 
 
-def test_rerun_skips_done_stages(clean_run, tiny_policy, tiny_encoder):
-    res = run_cli(demo_args(clean_run, tiny_policy, tiny_encoder))
+def test_rerun_skips_done_stages(clean_run, tiny_policy):
+    res = run_cli(demo_args(clean_run, tiny_policy))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "stage 'sft_conditioned' already done" in res.stdout
 
 
 @pytest.mark.parametrize("kill_when", ["sft_checkpoint", "rm_harmless"])
-def test_kill_9_then_resume_gives_same_metrics(clean_run, tmp_path, tiny_policy, tiny_encoder,
-                                               kill_when):
+def test_kill_9_then_resume_gives_same_metrics(clean_run, tmp_path, tiny_policy, kill_when):
     out = tmp_path / "run"
-    args = demo_args(out, tiny_policy, tiny_encoder)
+    args = demo_args(out, tiny_policy)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 

@@ -564,7 +564,9 @@ def test_decoder_train_layers_freezes_the_lower_blocks(tiny_decoder, pref_file, 
         data=str(pref_file), out=str(tmp_path / "rm"), family="decoder", base_model=tiny_decoder,
         freeze_encoder=False, train_layers=1, epochs=1, lr=1e-3, max_length=32, limit=40))
     assert metrics["config"]["train_layers"] == 1
-    with pytest.raises(ValueError, match="train_layers applies to the decoder family only"):
+    with pytest.raises(ValueError, match="pooling='last' applies to the decoder family only"):
+        RMTrainConfig(data="x", out="y", pooling="last").validate()
+    with pytest.raises(ValueError, match="apply to the decoder family only"):
         RMTrainConfig(data="x", out="y", train_layers=1).validate()
     with pytest.raises(ValueError, match="family must be one of"):
         RMTrainConfig(data="x", out="y", family="lstm").validate()
@@ -612,3 +614,34 @@ def test_bench_rm_times_both_trainers_and_writes_json(family, tiny_encoder, tiny
         bench_rm(BenchRMConfig(out=str(tmp_path / "x.json"), family=family, base_model=base,
                                data=str(pref_file), pairs=16, batch_size=8, max_length=16,
                                repeats=1))
+
+
+def test_decoder_truncated_layers_and_mean_pooling(tiny_decoder, pref_file, tmp_path):
+    """layers=k keeps the first k blocks (saved so); pooling="mean" averages exactly the response
+    tokens and the closing end-of-turn token, so prompt and padding do not move the features."""
+    from rewardprompt.rewards.decoder import DecoderRewardModel
+
+    metrics = train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "rm"),
+                                               family="decoder", base_model=tiny_decoder,
+                                               layers=1, pooling="mean", max_length=48))
+    assert metrics["head_c"][0] > 0
+    m = DecoderRewardModel.load(tmp_path / "rm")
+    assert len(m.model.base_model.layers) == 1 and m.pooling == "mean"
+    assert json.loads((tmp_path / "rm" / "rm_config.json").read_text())["layers"] == 1
+    rows = _pairs(seed=9, n=3)
+    replies = ["the car is great", "ok", "the book is awful"]  # short: nothing is cut
+    batch = m.tokenize([r["prompt"] for r in rows], replies)
+    n_resp = [len(m.tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies]
+    assert batch["response_mask"].sum(1).tolist() == n_resp
+    assert torch.all(batch["response_mask"] <= batch["attention_mask"])
+    with torch.no_grad():
+        hidden = m.model.base_model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).last_hidden_state
+        n = int(batch["attention_mask"][1].sum())
+        expected = hidden[1, n - n_resp[1]:n].mean(0)
+        torch.testing.assert_close(m.embed(batch)[1], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling='mean' is a head on frozen features"):
+        RMTrainConfig(data="x", out="y", family="decoder", pooling="mean",
+                      freeze_encoder=False).validate()
+    with pytest.raises(ValueError, match="layers must be in 1..2"):
+        DecoderRewardModel.from_base(tiny_decoder, layers=3)

@@ -20,13 +20,19 @@ class DemoConfig:
     out: str = "runs/demo"
     preset: str = "default"
     policy: str = "smollm2-135m-instruct"   # shipped default, a Hub id or a folder
-    rm_base: str | None = None              # None: the shipped all-MiniLM-L6-v2
     helpful_data: str = "ultrafeedback"     # any load_preferences source
     helpful_test: str = "ultrafeedback-eval"
     harmless_data: str = "hh-harmless"
     test_fraction: float = 0.2              # hash split of the harmless data
     synthetic: bool = False                 # score with synthetic scorers (mechanism check)
-    # reward models
+    # reward models (see RMTrainConfig): by default the decoder family, SmolLM2-135M cut to its
+    # first 12 blocks, frozen, with a logistic head on the mean of the response tokens' states
+    # (HH held-out accuracy 0.626 vs 0.566 for frozen MiniLM, about 3 min per RM here);
+    # rm_family="encoder" with rm_layers=0 and rm_pooling=None is the faster MiniLM one.
+    rm_family: str = "decoder"
+    rm_base: str | None = None              # None: the family's shipped default
+    rm_layers: int = 12
+    rm_pooling: str | None = "mean"
     rm_max_length: int = 128
     rm_epochs: int = 1
     rm_lr: float = 3e-5
@@ -117,7 +123,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
             def rm_stage(dim: str = dim, rm_dir: Path = rm_dir) -> dict:
                 train = train_reward_model(RMTrainConfig(
-                    data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), base_model=cfg.rm_base,
+                    data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), family=cfg.rm_family,
+                    base_model=cfg.rm_base, layers=cfg.rm_layers, pooling=cfg.rm_pooling,
                     test_fraction=0.0, max_length=cfg.rm_max_length, epochs=cfg.rm_epochs,
                     lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, seed=cfg.seed, limit=cfg.rm_limit))
                 ev = evaluate_reward_model(RMEvalConfig(rm=str(rm_dir),

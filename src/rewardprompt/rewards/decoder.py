@@ -14,6 +14,18 @@ score at the last token that is not padding, and SmolLM2 pads with ``<|im_end|>`
 end-of-turn token, which would move the read one token to the left. ``pad_token_for`` picks a
 distinct special token (``<|endoftext|>`` in SmolLM2) or adds one.
 
+Two options make the family cheaper and, measured here, better as a frozen feature extractor
+(the last layer of a small LM is specialised for next-token prediction: a logistic head on its
+last token reached 0.59 on HH harmless-base and 0.50 on UltraFeedback, while the mean of a middle
+layer's response tokens reached 0.62-0.65 and 0.60-0.65, SmolLM2-135M, 256 tokens):
+
+* ``layers=k`` keeps only the first k transformer blocks (then the final norm and the head), so
+  the model is truncated, saved and run at k/L of the cost;
+* ``pooling="mean"`` reads the mean of the response tokens' states (the response and its closing
+  end-of-turn token) instead of the last token. This is a head on pooled features, not the
+  ``AutoModelForSequenceClassification`` forward, so it is trained as a frozen-feature head;
+  fine-tuning through RewardTrainer needs ``pooling="last"``.
+
 A saved decoder reward model is a folder::
 
     model/              save_pretrained of the sequence-classification model and its tokenizer
@@ -36,6 +48,7 @@ from .model import (KIND_SINGLE, RM_CONFIG, BaseRewardModel, Prompt, _read_optio
 from .normaliser import EmpiricalCDFNormaliser
 
 MODEL_DIR = "model"
+POOLINGS = ("last", "mean")
 #: Padding candidates, in order, when the tokenizer pads with its end-of-sequence token.
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
 
@@ -65,11 +78,14 @@ class DecoderRewardModel(BaseRewardModel):
     family = "decoder"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, base_model: str,
-                 max_length: int = 256, turns: str = "last",
+                 max_length: int = 256, turns: str = "last", pooling: str = "last",
                  normaliser: EmpiricalCDFNormaliser | None = None,
                  name: str = "reward-model") -> None:
         super().__init__(base_model=base_model, max_length=max_length, turns=turns,
                          normaliser=normaliser, name=name)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         if max_length < 16:
             raise ValueError(f"max_length must be at least 16 tokens for a decoder reward model, "
                              f"got {max_length}")
@@ -94,8 +110,10 @@ class DecoderRewardModel(BaseRewardModel):
     # ------------------------------------------------------------ construction
     @classmethod
     def from_base(cls, name_or_path: str | Path | None = None, *, max_length: int = 256,
-                  turns: str = "last", seed: int | None = None) -> DecoderRewardModel:
-        """A fresh reward model on a pretrained causal LM (default: the shipped SmolLM2)."""
+                  turns: str = "last", seed: int | None = None, layers: int = 0,
+                  pooling: str = "last") -> DecoderRewardModel:
+        """A fresh reward model on a pretrained causal LM (default: the shipped SmolLM2), cut to
+        its first ``layers`` blocks when ``layers`` > 0."""
         from ..policy.models import DEFAULT_POLICY, load_tokenizer, resolve_policy
 
         base = str(name_or_path) if name_or_path else DEFAULT_POLICY
@@ -105,13 +123,16 @@ class DecoderRewardModel(BaseRewardModel):
         tokenizer = load_tokenizer(base, padding_side="right")
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
                                                                    dtype=torch.float32)
+        if layers:
+            truncate_layers(model, layers)
         return cls(model, tokenizer, base_model=base, max_length=max_length, turns=turns,
-                   name=Path(base).name or base).to(pick_device())
+                   pooling=pooling, name=Path(base).name or base).to(pick_device())
 
     def options(self) -> dict[str, Any]:
         return {"kind": KIND_SINGLE, "family": self.family, "base_model": self.base_model,
                 "max_length": self.max_length, "turns": self.turns,
-                "hidden_size": self.head.in_features, "pooling": "last"}
+                "hidden_size": self.head.in_features, "pooling": self.pooling,
+                "layers": self.model.config.num_hidden_layers}
 
     def save_weights(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -137,7 +158,8 @@ class DecoderRewardModel(BaseRewardModel):
         check_vocab(tokenizer, model, d / MODEL_DIR)
         out = cls(model, tokenizer, base_model=opts["base_model"],
                   max_length=opts.get("max_length", 256), turns=opts.get("turns", "last"),
-                  normaliser=normaliser, name=name or d.resolve().name)
+                  pooling=opts.get("pooling", "last"), normaliser=normaliser,
+                  name=name or d.resolve().name)
         return out.to(pick_device()).eval()
 
     # ------------------------------------------------------------ tokenising
@@ -152,24 +174,62 @@ class DecoderRewardModel(BaseRewardModel):
 
     def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids of one (prompt, response) pair, at most ``max_length``, ending in end-of-turn."""
+        return self._encode(prompt, response)[0]
+
+    def _encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
+        """``encode``'s ids and how many of them are the response and its end-of-turn token."""
         tok = self.tokenizer
         p = tok(self._prompt_text(prompt), add_special_tokens=False)["input_ids"]
         r = tok(response, add_special_tokens=False)["input_ids"]
         budget = self.max_length - 1  # the end-of-turn token
         r = r[:max(budget - len(p), budget // 2)]
         p = p[len(p) - (budget - len(r)):] if len(p) + len(r) > budget else p
-        return p + r + [tok.eos_token_id]
+        return p + r + [tok.eos_token_id], len(r) + 1
 
     def tokenize(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchEncoding:
-        rows = [{"input_ids": self.encode(p, r)} for p, r in zip(prompts, responses, strict=True)]
-        return self.tokenizer.pad(rows, padding=True, return_tensors="pt")
+        """Right-padded ``input_ids`` and ``attention_mask``, and ``response_mask`` (the response
+        tokens and the closing end-of-turn token), which mean pooling reads."""
+        tok = self.tokenizer
+        rows, n_resp = [], []
+        for p, r in zip(prompts, responses, strict=True):
+            ids, k = self._encode(p, r)
+            rows.append(ids)
+            n_resp.append(k)
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        response = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, k) in enumerate(zip(rows, n_resp)):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            attention[i, :len(ids)] = 1
+            response[i, len(ids) - k:len(ids)] = 1
+        return BatchEncoding({"input_ids": input_ids, "attention_mask": attention,
+                              "response_mask": response})
 
     # ------------------------------------------------------------ forward
     def embed(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
-        """The last layer's hidden state at the last real token (the end-of-turn token)."""
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids",
-                                                                         "attention_mask")}
+        """The last kept layer's (normed) states at the last real token, the end-of-turn token
+        (``pooling="last"``), or their mean over the response tokens (``pooling="mean"``)."""
+        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
         with self._autocast():
-            hidden = self.model.base_model(**batch).last_hidden_state
-        last = batch["attention_mask"].sum(1) - 1  # right padding
+            hidden = self.model.base_model(**inputs).last_hidden_state
+        if self.pooling == "mean":
+            mask = batch["response_mask"].to(hidden.device).unsqueeze(-1).to(hidden.dtype)
+            return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float()
+        last = inputs["attention_mask"].sum(1) - 1  # right padding
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+
+
+def truncate_layers(model: torch.nn.Module, k: int) -> None:
+    """Keep the first ``k`` transformer blocks of a decoder (in place, config included)."""
+    base = model.base_model
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"layers={k} needs a decoder with a .layers stack; {type(base).__name__} "
+                         "has none (use layers=0)")
+    if not 0 < k <= len(layers):
+        raise ValueError(f"layers must be in 1..{len(layers)} for this model, got {k}")
+    base.layers = layers[:k]
+    model.config.num_hidden_layers = k
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:k]

@@ -49,9 +49,11 @@ from .normaliser import EmpiricalCDFNormaliser
 METRICS = "metrics.json"
 BOOTSTRAP_RESAMPLES = 1000
 WARMUP_FRACTION = 0.1
-#: Inverse L2 strength of the frozen-encoder head (logistic regression); accuracy on HH and
-#: UltraFeedback was flat for C in [0.01, 100].
-HEAD_C = 1.0
+#: Inverse L2 strengths the frozen-feature head (logistic regression on scaled features)
+#: chooses from by cross-validation; on HH harmless-base and UltraFeedback, SmolLM2 hidden
+#: states picked about 1e-3, MiniLM embeddings larger values.
+HEAD_CS = np.logspace(-4, 2, 13)
+HEAD_CV_FOLDS = 5
 #: Equal-width probability bins of the expected calibration error.
 ECE_BINS = 10
 HALVES = ("first", "second")
@@ -223,6 +225,11 @@ class RMTrainConfig:
     # norm and the score head); 0 trains every block. Backpropagating through fewer blocks is
     # what makes a 135M decoder trainable on a CPU.
     train_layers: int = 0
+    # Decoder family: keep only the first k blocks of the LM (0: all); and read the reward at the
+    # last token ("last", the AutoModelForSequenceClassification head, needed for fine-tuning)
+    # or from the mean of the response tokens ("mean", frozen features only).
+    layers: int = 0
+    pooling: str | None = None  # None: the family's own (encoder "mean", decoder "last")
     batch_size: int = 16  # pairs per step
     seed: int = 0
     limit: int | None = None
@@ -250,8 +257,17 @@ class RMTrainConfig:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.train_layers < 0:
             raise ValueError(f"train_layers must be >= 0, got {self.train_layers}")
-        if self.train_layers and self.family != "decoder":
-            raise ValueError("train_layers applies to the decoder family only")
+        if (self.train_layers or self.layers) and self.family != "decoder":
+            raise ValueError("train_layers and layers apply to the decoder family only")
+        if self.pooling not in (None, "last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
+        if self.family == "encoder" and self.pooling not in (None, "mean"):
+            raise ValueError("the encoder family mean-pools its last layer; pooling="
+                             f"{self.pooling!r} applies to the decoder family only")
+        if self.pooling == "mean" and not self.freeze_encoder:
+            raise ValueError("pooling='mean' is a head on frozen features; fine-tuning through "
+                             "RewardTrainer reads the last token: use pooling='last' or "
+                             "freeze_encoder=True")
         if self.turns not in TURNS:
             raise ValueError(f"turns must be one of {TURNS}, got {self.turns!r}")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -343,16 +359,19 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, se
 
 def _train_head(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
                 seed: int) -> np.ndarray:
-    """Frozen encoder: embed every training response once, then fit only the linear head.
+    """Frozen features: embed every training response once, then fit only the linear head.
 
-    With fixed embeddings e, Bradley-Terry with a linear head is logistic regression without an
-    intercept on e_chosen - e_rejected, so it is solved to convergence by scikit-learn (L2,
-    C=``HEAD_C``) instead of with a few noisy AdamW epochs; ``lr``, ``head_lr`` and ``epochs``
-    do not apply, nor does ``margin`` (``RMTrainConfig.validate`` rejects it). Half the
-    differences are negated (label 0) so both classes are present, which leaves the likelihood
-    unchanged.
+    With fixed features e, Bradley-Terry with a linear head is logistic regression without an
+    intercept on e_chosen - e_rejected, so it is solved to convergence by scikit-learn instead of
+    with a few noisy AdamW epochs; ``lr``, ``head_lr`` and ``epochs`` do not apply, nor does
+    ``margin`` (``RMTrainConfig.validate`` rejects it). The differences are scaled to unit root
+    mean square per feature and the L2 strength is chosen by 5-fold cross-validation of the
+    log-likelihood on the training pairs (``HEAD_CS``): the best strength differs by orders of
+    magnitude between MiniLM and a decoder's hidden states. Half the differences are negated
+    (label 0) so both classes are present, which leaves the likelihood unchanged. Returns the raw
+    scores of all training responses (chosen first); the chosen C is ``model.head_c``.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     prompts = [_field(p, "prompt") for p in pairs]
     emb = model.embed_texts(prompts + prompts, [_field(p, "chosen") for p in pairs]
@@ -360,16 +379,25 @@ def _train_head(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig
     n = len(pairs)
     sign = np.random.default_rng(seed).permutation(np.arange(n) % 2) * 2 - 1
     diff = (emb[:n] - emb[n:]) * sign[:, None]
+    scale = np.sqrt(np.mean(diff ** 2, axis=0)) + 1e-8
+    diff = diff / scale
     labels = (sign > 0).astype(int)
     if labels.min() == labels.max():  # one pair: add its mirror image so both classes exist
         diff, labels = np.concatenate([diff, -diff]), np.concatenate([labels, 1 - labels])
-    clf = LogisticRegression(C=HEAD_C, fit_intercept=False, max_iter=5000).fit(diff, labels)
+    folds = min(HEAD_CV_FOLDS, int(np.bincount(labels).min()))
+    if folds >= 2:
+        clf = LogisticRegressionCV(Cs=HEAD_CS, cv=folds, scoring="neg_log_loss",
+                                   fit_intercept=False, max_iter=5000).fit(diff, labels)
+        model.head_c = float(clf.C_[0])
+    else:  # too few pairs to cross-validate
+        clf = LogisticRegression(C=1.0, fit_intercept=False, max_iter=5000).fit(diff, labels)
+        model.head_c = 1.0
+    weight = clf.coef_ / scale[None, :]  # undo the scaling: the head reads raw features
     with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(clf.coef_, dtype=model.head.weight.dtype))
+        model.head.weight.copy_(torch.as_tensor(weight, dtype=model.head.weight.dtype))
         if model.head.bias is not None:
             model.head.bias.zero_()  # a constant offset cancels in every comparison
-        return model.head(torch.as_tensor(emb, dtype=torch.float32,
-                                          device=model.device)).squeeze(-1).cpu().numpy()
+    return emb @ weight[0]
 
 
 def _freeze_below(model: BaseRewardModel, top: int) -> None:
@@ -438,8 +466,10 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
                   workdir: Path) -> tuple[BaseRewardModel, np.ndarray]:
     """One reward model trained with ``seed``; returns it and its training raw scores."""
     _seed_everything(seed)
+    extra = ({"layers": cfg.layers, "pooling": cfg.pooling or "last"}
+             if cfg.family == "decoder" else {})
     model = family_class(cfg.family).from_base(cfg.base_model, max_length=cfg.max_length,
-                                               turns=cfg.turns, seed=seed)
+                                               turns=cfg.turns, seed=seed, **extra)
     model.name = name
     if cfg.freeze_encoder:
         model.requires_grad_(False)
@@ -515,6 +545,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
                "examples_per_second": round(n * passes / train_seconds, 2),
                "train_accuracy": _accuracy_from_raw(train_raw[:n], train_raw[n:])["accuracy"],
                "config": cfg}
+    if cfg.freeze_encoder or cfg.family == "decoder":
+        metrics["head_c"] = [getattr(m, "head_c", None) for m in members]  # cross-validated L2
     if cfg.ensemble > 1:
         # How much the ensemble adds over its members shows only next to their own accuracy.
         metrics["member_accuracy"] = [_accuracy_from_raw(*r)["accuracy"] for r in member_test]
