@@ -20,7 +20,8 @@ def demo_args(out: Path, policy: Path) -> list[str]:
     # block, mean-pooled, with a logistic head.
     return [sys.executable, "-m", "rewardprompt.cli", "demo", "--out", str(out),
             "--policy", str(policy), "--rm-base", str(policy), "--rm-layers", "1",
-            "--rm-limit", "48", "--rm-max-length", "48", "--label-pairs", "12", "--steps", "8", "--batch-size", "4",
+            "--rm-limit", "48", "--rm-max-length", "48", "--label-pairs", "12", "--steps", "8",
+            "--batch-size", "4",
             "--save-steps", "2", "--max-prompt-tokens", "160", "--max-completion-tokens", "16",
             "--eval-prompts", "4", "--samples-per-prompt", "2",
             "--sampling.max-new-tokens", "8", "--n-boot", "50"]

@@ -538,13 +538,14 @@ def test_decoder_reads_the_reward_at_the_end_of_turn_token(tiny_decoder):
     responses = [r["chosen"] for r in rows] + ["the car is great " * 40]
     batch = m.tokenize(prompts, responses)
     with torch.no_grad():
-        np.testing.assert_allclose(m(batch).numpy(), m.model(**batch).logits.squeeze(-1).numpy(),
+        seqcls = m.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        np.testing.assert_allclose(m(batch).numpy(), seqcls.logits.squeeze(-1).numpy(),
                                    rtol=1e-5, atol=1e-5)
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
         n = int(mask.sum())
         assert n <= 24 and int(ids[n - 1]) == tok.eos_token_id
-    # Both too long: the response keeps half the budget (23 + the closing token), cut at its end;
-    # the prompt keeps its last 12 tokens, so it still ends with the assistant header.
+    # Both too long: of the 23 tokens before the closing one, the response keeps half (11), cut
+    # at its end; the prompt keeps its last 12, so it still ends with the assistant header.
     ids = m.encode(long_prompt, "the car is great " * 40)
     full_prompt = tok(m._prompt_text(long_prompt), add_special_tokens=False)["input_ids"]
     full_response = tok("the car is great " * 40, add_special_tokens=False)["input_ids"]
@@ -560,10 +561,19 @@ def test_decoder_train_layers_freezes_the_lower_blocks(tiny_decoder, pref_file, 
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any(".layers.1." in n for n in trainable) and "model.score.weight" in trainable
     assert not any(".layers.0." in n or "embed_tokens" in n for n in trainable)
-    metrics = train_reward_model(RMTrainConfig(
+    train_reward_model(RMTrainConfig(
         data=str(pref_file), out=str(tmp_path / "rm"), family="decoder", base_model=tiny_decoder,
-        freeze_encoder=False, train_layers=1, epochs=1, lr=1e-3, max_length=32, limit=40))
-    assert metrics["config"]["train_layers"] == 1
+        freeze_encoder=False, train_layers=1, epochs=1, lr=1e-2, max_length=32, limit=40))
+    base = DecoderRewardModel.from_base(tiny_decoder).model.state_dict()
+    tuned = DecoderRewardModel.load(tmp_path / "rm").model.state_dict()
+    for name, value in tuned.items():
+        if ".layers.0." in name or "embed_tokens" in name:
+            torch.testing.assert_close(value, base[name], msg=name)  # frozen: unchanged
+    assert any(not torch.equal(v, base[n]) for n, v in tuned.items() if ".layers.1." in n)
+    with pytest.raises(ValueError, match="model has 2 blocks"):
+        train_mod._freeze_below(m, 3)
+    with pytest.raises(ValueError, match="freeze_encoder=True trains only the head"):
+        RMTrainConfig(data="x", out="y", family="decoder", train_layers=1).validate()
     with pytest.raises(ValueError, match="pooling='last' applies to the decoder family only"):
         RMTrainConfig(data="x", out="y", pooling="last").validate()
     with pytest.raises(ValueError, match="apply to the decoder family only"):
@@ -572,11 +582,16 @@ def test_decoder_train_layers_freezes_the_lower_blocks(tiny_decoder, pref_file, 
         RMTrainConfig(data="x", out="y", family="lstm").validate()
 
 
-def test_decoder_frozen_head_and_ensemble_load_by_family(tiny_decoder, pref_file, tmp_path):
+def test_decoder_frozen_head_and_ensemble_load_by_family(tiny_decoder, tiny_encoder, pref_file,
+                                                         tmp_path):
+    from rewardprompt.rewards.train import HEAD_CS
+
+    # Mean-pooled states of a random 2-layer Llama still separate "great" from "awful" linearly.
     metrics = train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "rm"),
                                                family="decoder", base_model=tiny_decoder,
-                                               max_length=48))
-    assert metrics["n_train"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
+                                               pooling="mean", max_length=48))
+    assert metrics["accuracy"] >= 0.9, metrics
+    assert metrics["head_c"][0] in HEAD_CS
     train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "ens"),
                                      family="decoder", base_model=tiny_decoder,
                                      freeze_encoder=False, ensemble=2, epochs=1, lr=1e-3,
@@ -584,10 +599,32 @@ def test_decoder_frozen_head_and_ensemble_load_by_family(tiny_decoder, pref_file
     ens = load_scorer(tmp_path / "ens")
     assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
     assert {m.family for m in ens.members} == {"decoder"}
-    rows = _pairs(seed=7, n=4)
-    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
-    np.testing.assert_allclose(ens.score_raw(prompts, responses),
-                               ens.score_raw_members(prompts, responses).mean(0), rtol=1e-6)
+    # Members of different families have raw scores on different scales: no mixed ensembles.
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "ens", mixed)
+    shutil.rmtree(mixed / "member-1")
+    RewardModel.from_base(tiny_encoder, max_length=32).save_weights(mixed / "member-1")
+    with pytest.raises(ValueError, match="mixes families"):
+        load_scorer(mixed)
+
+
+def test_pad_token_is_never_the_end_of_sequence_token():
+    from rewardprompt.rewards.decoder import pad_token_for
+
+    class Tok:
+        def __init__(self, pad, eos, unk, vocab):
+            self.pad_token, self.eos_token, self.unk_token, self._vocab = pad, eos, unk, vocab
+
+        def get_vocab(self):
+            return dict.fromkeys(self._vocab, 0)
+
+    assert pad_token_for(Tok("<pad>", "</s>", None, ["<pad>", "</s>"])) == ("<pad>", False)
+    assert pad_token_for(Tok("</s>", "</s>", None, ["<|endoftext|>", "</s>"])) == \
+        ("<|endoftext|>", False)
+    assert pad_token_for(Tok(None, "</s>", "<unk>", ["<unk>", "</s>"])) == ("<unk>", False)
+    assert pad_token_for(Tok("</s>", "</s>", None, ["</s>"])) == ("<|pad|>", True)
 
 
 # ---------------------------------------------------------------- benchmark
@@ -621,10 +658,9 @@ def test_decoder_truncated_layers_and_mean_pooling(tiny_decoder, pref_file, tmp_
     tokens and the closing end-of-turn token, so prompt and padding do not move the features."""
     from rewardprompt.rewards.decoder import DecoderRewardModel
 
-    metrics = train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "rm"),
-                                               family="decoder", base_model=tiny_decoder,
-                                               layers=1, pooling="mean", max_length=48))
-    assert metrics["head_c"][0] > 0
+    train_reward_model(RMTrainConfig(data=str(pref_file), out=str(tmp_path / "rm"),
+                                     family="decoder", base_model=tiny_decoder, layers=1,
+                                     pooling="mean", max_length=48))
     m = DecoderRewardModel.load(tmp_path / "rm")
     assert len(m.model.base_model.layers) == 1 and m.pooling == "mean"
     assert json.loads((tmp_path / "rm" / "rm_config.json").read_text())["layers"] == 1

@@ -28,7 +28,7 @@ class DemoConfig:
     # reward models (see RMTrainConfig): by default the decoder family, SmolLM2-135M cut to its
     # first 12 blocks, frozen, with a logistic head on the mean of the response tokens' states
     # (HH held-out accuracy 0.626 vs 0.566 for frozen MiniLM, about 3 min per RM here);
-    # rm_family="encoder" with rm_layers=0 and rm_pooling=None is the faster MiniLM one.
+    # rm_family="encoder" is the faster MiniLM one (rm_layers and rm_pooling then do not apply).
     rm_family: str = "decoder"
     rm_base: str | None = None              # None: the family's shipped default
     rm_layers: int = 12
@@ -44,7 +44,7 @@ class DemoConfig:
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
     lr: float = 2e-3
-    steps: int = 300
+    steps: int = 240
     bf16_cpu: bool = True                   # bf16 autocast on CPU: 1.5x faster steps here
     batch_size: int = 8
     max_prompt_tokens: int = 80
@@ -118,13 +118,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         scorers = dict(zip(dims, synthetic))
     else:
         rm_metrics = {}
+        # rm_layers and rm_pooling shape the decoder family; the encoder has neither.
+        decoder_options = ({"layers": cfg.rm_layers, "pooling": cfg.rm_pooling}
+                           if cfg.rm_family == "decoder" else {})
         for dim in dims:
             rm_dir = run.path("rm", dim)
 
             def rm_stage(dim: str = dim, rm_dir: Path = rm_dir) -> dict:
                 train = train_reward_model(RMTrainConfig(
                     data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), family=cfg.rm_family,
-                    base_model=cfg.rm_base, layers=cfg.rm_layers, pooling=cfg.rm_pooling,
+                    base_model=cfg.rm_base, **decoder_options,
                     test_fraction=0.0, max_length=cfg.rm_max_length, epochs=cfg.rm_epochs,
                     lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, seed=cfg.seed, limit=cfg.rm_limit))
                 ev = evaluate_reward_model(RMEvalConfig(rm=str(rm_dir),

@@ -73,7 +73,9 @@ def _messages(prompt: Prompt, turns: str) -> list[dict[str, str]]:
 
 
 class DecoderRewardModel(BaseRewardModel):
-    """A causal LM with a linear scalar head at the last token; implements ``Scorer``."""
+    """A causal LM with a linear scalar head, read at the closing end-of-turn token
+    (``pooling="last"``, the sequence-classification head) or on the mean of the response
+    tokens' states (``pooling="mean"``); implements ``Scorer``."""
 
     family = "decoder"
 
@@ -98,9 +100,12 @@ class DecoderRewardModel(BaseRewardModel):
         pad, added = pad_token_for(tokenizer)
         if added:
             tokenizer.add_special_tokens({"pad_token": pad})
-            model.resize_token_embeddings(len(tokenizer))
+            # Only grow: embedding matrices are often padded past the vocabulary already.
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
         tokenizer.pad_token = pad
-        model.config.pad_token_id = tokenizer.pad_token_id
+        # What GenericForSequenceClassification and TRL read to find the last real token.
+        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
         check_vocab(tokenizer, model, base_model)
 
     @property
@@ -121,8 +126,16 @@ class DecoderRewardModel(BaseRewardModel):
         if seed is not None:
             torch.manual_seed(seed)  # the score head's initialisation
         tokenizer = load_tokenizer(base, padding_side="right")
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
-                                                                   dtype=torch.float32)
+        from transformers.utils import logging as hf_logging
+
+        # The score head is new by design: silence the load report that calls it "MISSING".
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                       dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if layers:
             truncate_layers(model, layers)
         return cls(model, tokenizer, base_model=base, max_length=max_length, turns=turns,
@@ -151,11 +164,12 @@ class DecoderRewardModel(BaseRewardModel):
         d = Path(directory)
         opts = _read_options(d)
         if not (d / MODEL_DIR / "config.json").is_file():
-            raise FileNotFoundError(f"decoder reward model folder {d} has no {MODEL_DIR}/config.json: "
+            raise FileNotFoundError(f"decoder reward model folder {d} has no "
+                                    f"{MODEL_DIR}/config.json: "
                                     "the model weights are missing")
         tokenizer = AutoTokenizer.from_pretrained(d / MODEL_DIR)
         model = AutoModelForSequenceClassification.from_pretrained(d / MODEL_DIR)
-        check_vocab(tokenizer, model, d / MODEL_DIR)
+        check_vocab(tokenizer, model, d / MODEL_DIR)  # names the folder, before any pad is added
         out = cls(model, tokenizer, base_model=opts["base_model"],
                   max_length=opts.get("max_length", 256), turns=opts.get("turns", "last"),
                   pooling=opts.get("pooling", "last"), normaliser=normaliser,
@@ -173,14 +187,16 @@ class DecoderRewardModel(BaseRewardModel):
         return dialogue_to_text(msgs) + "\n\nAssistant: "
 
     def encode(self, prompt: Prompt, response: str) -> list[int]:
-        """Token ids of one (prompt, response) pair, at most ``max_length``, ending in end-of-turn."""
+        """Token ids of one (prompt, response) pair, at most ``max_length``, ending with the
+        tokenizer's end-of-sequence token (SmolLM2-Instruct's end-of-turn ``<|im_end|>``)."""
         return self._encode(prompt, response)[0]
 
     def _encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
         """``encode``'s ids and how many of them are the response and its end-of-turn token."""
         tok = self.tokenizer
         p = tok(self._prompt_text(prompt), add_special_tokens=False)["input_ids"]
-        r = tok(response, add_special_tokens=False)["input_ids"]
+        # A literal "<|im_end|>" inside a reply is text, not the end of the turn.
+        r = tok(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         budget = self.max_length - 1  # the end-of-turn token
         r = r[:max(budget - len(p), budget // 2)]
         p = p[len(p) - (budget - len(r)):] if len(p) + len(r) > budget else p
@@ -212,24 +228,30 @@ class DecoderRewardModel(BaseRewardModel):
         (``pooling="last"``), or their mean over the response tokens (``pooling="mean"``)."""
         inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
         with self._autocast():
-            hidden = self.model.base_model(**inputs).last_hidden_state
+            hidden = self.model.base_model(**inputs).last_hidden_state.float()
         if self.pooling == "mean":
             mask = batch["response_mask"].to(hidden.device).unsqueeze(-1).to(hidden.dtype)
-            return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float()
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         last = inputs["attention_mask"].sum(1) - 1  # right padding
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def decoder_layers(model: torch.nn.Module, option: str) -> torch.nn.ModuleList:
+    """The transformer blocks of a decoder, or a clear error naming ``option``."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{option} needs a decoder with a .layers stack; "
+                         f"{type(model.base_model).__name__} has none (use {option}=0)")
+    return layers
 
 
 def truncate_layers(model: torch.nn.Module, k: int) -> None:
     """Keep the first ``k`` transformer blocks of a decoder (in place, config included)."""
-    base = model.base_model
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"layers={k} needs a decoder with a .layers stack; {type(base).__name__} "
-                         "has none (use layers=0)")
+    layers = decoder_layers(model, "layers")
     if not 0 < k <= len(layers):
         raise ValueError(f"layers must be in 1..{len(layers)} for this model, got {k}")
-    base.layers = layers[:k]
-    model.config.num_hidden_layers = k
-    if isinstance(getattr(model.config, "layer_types", None), list):
-        model.config.layer_types = model.config.layer_types[:k]
+    model.base_model.layers = layers[:k]
+    config = model.config.get_text_config()
+    config.num_hidden_layers = k
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:k]

@@ -2,11 +2,13 @@
 
 * ``encoder`` (the default, ``RewardModel`` here): a small transformers encoder, mean pooling,
   and a linear scalar head.
-* ``decoder`` (``decoder.DecoderRewardModel``): a causal LM with a scalar head through
-  ``AutoModelForSequenceClassification``, read at the last token; trained with TRL's
-  ``RewardTrainer``.
+* ``decoder`` (``decoder.DecoderRewardModel``): a causal LM (optionally cut to its first k
+  blocks) with a scalar head: ``AutoModelForSequenceClassification``'s, read at the closing
+  end-of-turn token, or one on the mean of the response tokens' states.
 
-Both are trained with the pairwise Bradley-Terry loss (``train.py``). In the encoder family a
+Both are trained with the pairwise Bradley-Terry loss (``train.py``): as a head on frozen
+features (logistic regression, the default), or end to end (the encoder by a loop here, the
+decoder by TRL's ``RewardTrainer``). In the encoder family a
 (prompt, response) pair is read as a text pair, ``[CLS] context [SEP] response [SEP]``, where
 the context is the last user turn (``turns="last"``) or the whole dialogue (``turns="all"``). When
 the pair is too long, the context is truncated first so the response, which is what is being
@@ -23,7 +25,7 @@ A saved encoder reward model is a folder (the decoder family's holds ``model/`` 
 An ensemble of k reward models (``RewardEnsemble``: same data, seeds seed..seed+k-1, reward = the
 mean of the members' raw scores) is one folder too::
 
-    member-0/ ... member-{k-1}/   encoder/, head.safetensors, rm_config.json of each member
+    member-0/ ... member-{k-1}/   each member's weights and rm_config.json (either family)
     rm_config.json                "kind": "ensemble" and the member folder names
     normaliser.json               one normaliser, fitted on the ensemble's mean raw scores
 
@@ -81,7 +83,8 @@ def prompt_context(prompt: Prompt, turns: str = "last") -> str:
     if turns == "all":
         from ..data import dialogue_to_text
 
-        return dialogue_to_text(list(prompt))
+        # System messages set up the assistant; the RM judges the exchange itself.
+        return dialogue_to_text([m for m in prompt if m.get("role") != "system"])
     for msg in reversed(prompt):
         if msg.get("role") == "user":
             return msg.get("content", "")
@@ -183,7 +186,8 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
 
     def _autocast(self):
         # bf16 autocast on GPU roughly halves memory and time; CPU bf16 is slower on most CPUs.
-        if self.device.type == "cuda":
+        # Pooling happens after the cast back to float32 (bf16 keeps ~3 significant digits).
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -320,7 +324,8 @@ class RewardModel(BaseRewardModel):
 
     def options(self) -> dict[str, Any]:
         return {"kind": KIND_SINGLE, "base_model": self.base_model, "family": self.family,
-                "max_length": self.max_length, "turns": self.turns, "hidden_size": self.head.in_features, "pooling": "mean"}
+                "max_length": self.max_length, "turns": self.turns,
+                "hidden_size": self.head.in_features, "pooling": "mean"}
 
     def save_weights(self, directory: str | Path) -> Path:
         """Encoder, tokenizer, head and options, without the normaliser (an ensemble member)."""
@@ -377,10 +382,9 @@ class RewardModel(BaseRewardModel):
         """Mean of the encoder's last hidden states over the attention mask, in float32."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self._autocast():
-            hidden = self.encoder(**batch).last_hidden_state
+            hidden = self.encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return pooled.float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 class RewardEnsemble:
@@ -406,6 +410,8 @@ class RewardEnsemble:
         return f"member-{i}"
 
     def options(self) -> dict[str, Any]:
+        """The members' folder names and the first member's options (each member folder records
+        its own)."""
         first = self.members[0]
         return {"kind": KIND_ENSEMBLE,
                 "members": [self.member_dir(i) for i in range(len(self.members))],
@@ -441,6 +447,10 @@ class RewardEnsemble:
                 raise FileNotFoundError(f"reward ensemble {d} lists member {sub!r}, but {d / sub} "
                                         "does not exist")
             members.append(load_member(d / sub, name=f"{name}/{sub}"))
+        if len({m.family for m in members}) > 1:
+            raise ValueError(f"reward ensemble {d} mixes families "
+                             f"{sorted({m.family for m in members})}: their raw scores are on "
+                             "different scales, so their mean is not a reward")
         return cls(members, normaliser=normaliser, name=name)
 
     def score_raw_members(self, prompts: Sequence[Prompt], responses: Sequence[str],
