@@ -112,7 +112,7 @@ def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
 
 def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
     from .rewards.model import family_class
-    from .rewards.train import RMTrainConfig, _train_full, _train_trl
+    from .rewards.train import RMTrainConfig, fine_tune
 
     tcfg = RMTrainConfig(data=cfg.data, out=str(workdir), family=cfg.family, base_model=base,
                          max_length=cfg.max_length, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -121,8 +121,7 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
     model = family_class(cfg.family).from_base(base, max_length=cfg.max_length, seed=cfg.seed)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    train = (_train_trl if cfg.family == "decoder" else _train_full)
-    train(model, pairs, tcfg, cfg.seed, *([workdir / "trainer"] if cfg.family == "decoder" else []))
+    fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
     seconds = time.perf_counter() - t1
     return _timing(len(pairs), setup, seconds)
 

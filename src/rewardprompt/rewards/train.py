@@ -484,6 +484,16 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
     model.eval()
 
 
+def fine_tune(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, seed: int,
+              workdir: Path) -> None:
+    """Train ``model`` end to end on ``pairs``: the family's trainer (the encoder's loop, or TRL's
+    RewardTrainer for the decoder, which keeps its scratch files in ``workdir``)."""
+    if cfg.family == "decoder":
+        _train_trl(model, pairs, cfg, seed, workdir)
+    else:
+        _train_full(model, pairs, cfg, seed)
+
+
 def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str,
                   workdir: Path) -> tuple[BaseRewardModel, np.ndarray]:
     """One reward model trained with ``seed``; returns it and its training raw scores."""
@@ -497,10 +507,7 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
         model.requires_grad_(False)
         train_raw = _train_head(model, train, cfg, seed)
     else:
-        if cfg.family == "decoder":
-            _train_trl(model, train, cfg, seed, workdir)
-        else:
-            _train_full(model, train, cfg, seed)
+        fine_tune(model, train, cfg, seed, workdir)
         train_raw = np.concatenate(_pair_raw(model, train))
     return model, np.asarray(train_raw, dtype=np.float64)
 
