@@ -681,3 +681,37 @@ def test_decoder_truncated_layers_and_mean_pooling(tiny_decoder, pref_file, tmp_
                       freeze_encoder=False).validate()
     with pytest.raises(ValueError, match="layers must be in 1..2"):
         DecoderRewardModel.from_base(tiny_decoder, layers=3)
+
+
+def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, tmp_path, monkeypatch):
+    """On a CPU with native bf16 the features are computed under bf16 autocast (close to fp32);
+    cpu_bf16=False, or a CPU without native bf16, keeps fp32; the choice is saved with the model
+    so that it scores the way its head and normaliser were fitted."""
+    import rewardprompt.rewards.model as model_mod
+    from rewardprompt.rewards.decoder import DecoderRewardModel
+
+    m = DecoderRewardModel.from_base(tiny_decoder, max_length=48, seed=0)
+    rows = _pairs(seed=3, n=12)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    fp32 = m.score_raw(prompts, responses)
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(device_type, *args, **kwargs):
+        seen.append((device_type, kwargs.get("dtype")))
+        return real_autocast(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(model_mod.torch, "autocast", spy)
+    monkeypatch.setattr(model_mod, "cpu_has_fast_bf16", lambda: True)
+    bf16 = m.score_raw(prompts, responses)
+    assert seen and seen[0] == ("cpu", torch.bfloat16)
+    assert not np.array_equal(bf16, fp32)  # autocast really ran in bf16
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * np.abs(fp32).max() + 1e-3)
+    seen.clear()
+    m.cpu_bf16 = False
+    np.testing.assert_array_equal(m.score_raw(prompts, responses), fp32)
+    assert not seen
+    m.normaliser = EmpiricalCDFNormaliser.fit(fp32)
+    m.save(tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "rm_config.json").read_text())["cpu_bf16"] is False
+    assert load_scorer(tmp_path / "rm").cpu_bf16 is False

@@ -46,6 +46,11 @@ class BenchRMConfig:
     lr: float = 3e-5
     repeats: int = 3
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    # Precision on a CPU with native bf16 (AVX512-BF16/AMX; others stay fp32): ours defaults to
+    # bf16 autocast, TRL's RewardConfig to fp32 unless told; trl_bf16=True gives TRL bf16 too,
+    # for a same-precision comparison.
+    cpu_bf16: bool = True
+    trl_bf16: bool = False
     seed: int = 0
 
 
@@ -86,7 +91,7 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
                                                                dtype=torch.float32)
     use_cuda = torch.cuda.is_available()
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    bf16 = torch.cuda.is_bf16_supported() if use_cuda else cfg.trl_bf16
     args = RewardConfig(output_dir=str(workdir), num_train_epochs=1,
                         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
                         max_length=cfg.max_length, save_strategy="no", report_to="none",
@@ -105,6 +110,16 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
     return _timing(n, setup, train)
 
 
+def _precision(cfg: BenchRMConfig) -> dict[str, str]:
+    from .device import cpu_has_fast_bf16
+
+    if torch.cuda.is_available():
+        both = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return {"rewardprompt": both, "trl": both}
+    return {"rewardprompt": "bf16" if cfg.cpu_bf16 and cpu_has_fast_bf16() else "fp32",
+            "trl": "bf16" if cfg.trl_bf16 else "fp32"}
+
+
 def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
     return {"pairs_trained": n, "setup_s": setup, "train_s": train,
             "examples_per_second": n / (setup + train), "train_examples_per_second": n / train}
@@ -119,6 +134,7 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
                          epochs=1, freeze_encoder=False, seed=cfg.seed)
     t0 = time.perf_counter()
     model = family_class(cfg.family).from_base(base, max_length=cfg.max_length, seed=cfg.seed)
+    model.cpu_bf16 = cfg.cpu_bf16
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
     fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
@@ -157,6 +173,7 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
                  for k, v in runs.items()}
     result = {"benchmark": "rm-train", "config": cfg, "base_model": base,
               "device": "cuda" if torch.cuda.is_available() else "cpu",
+              "precision": _precision(cfg),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_threads": torch.get_num_threads(),
                           "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
@@ -168,7 +185,8 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
               "train_ratio": med_train["rewardprompt"] / med_train["trl"],
               "runs": runs}
     atomic_write_json(cfg.out, to_jsonable(result))
-    print(f"[rewardprompt] bench rm: rewardprompt {med['rewardprompt']:.2f} vs TRL "
-          f"{med['trl']:.2f} pairs/s, ratio {result['ratio']:.2f} (training alone "
+    prec = result["precision"]
+    print(f"[rewardprompt] bench rm: rewardprompt ({prec['rewardprompt']}) "
+          f"{med['rewardprompt']:.2f} vs TRL ({prec['trl']}) {med['trl']:.2f} pairs/s, ratio {result['ratio']:.2f} (training alone "
           f"{result['train_ratio']:.2f}); written to {cfg.out}", flush=True)
     return to_jsonable(result)

@@ -145,7 +145,7 @@ class DecoderRewardModel(BaseRewardModel):
         return {"kind": KIND_SINGLE, "family": self.family, "base_model": self.base_model,
                 "max_length": self.max_length, "turns": self.turns,
                 "hidden_size": self.head.in_features, "pooling": self.pooling,
-                "layers": self.model.config.num_hidden_layers}
+                "layers": self.model.config.num_hidden_layers, "cpu_bf16": self.cpu_bf16}
 
     def save_weights(self, directory: str | Path) -> Path:
         d = Path(directory)

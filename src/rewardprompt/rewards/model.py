@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
-from ..device import pick_device
+from ..device import cpu_has_fast_bf16, pick_device
 from ..runs import atomic_write_json, read_json
 from .normaliser import EmpiricalCDFNormaliser, finite_scores
 
@@ -184,11 +184,18 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
     def save_weights(self, directory: str | Path) -> Path:
         """Weights, tokenizer and options, without the normaliser."""
 
+    # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); False keeps CPU passes in fp32.
+    cpu_bf16 = True
+
     def _autocast(self):
-        # bf16 autocast on GPU roughly halves memory and time; CPU bf16 is slower on most CPUs.
-        # Pooling happens after the cast back to float32 (bf16 keeps ~3 significant digits).
+        # bf16 autocast on GPU roughly halves memory and time, and on a CPU with native bf16 it
+        # runs the forward pass about 1.5x faster; where the CPU emulates bf16 it is slower, so
+        # such CPUs stay in fp32. Pooling happens after the cast back to float32 (bf16 keeps ~3
+        # significant digits).
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cpu" and self.cpu_bf16 and cpu_has_fast_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
     def forward(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:
@@ -287,8 +294,10 @@ def load_member(directory: str | Path, *, normaliser: EmpiricalCDFNormaliser | N
                 name: str | None = None) -> BaseRewardModel:
     """The weights of one reward model folder, of whichever family its options name."""
     opts = _read_options(Path(directory))
-    return family_class(opts.get("family", "encoder")).load_weights(
+    model = family_class(opts.get("family", "encoder")).load_weights(
         directory, normaliser=normaliser, name=name)
+    model.cpu_bf16 = bool(opts.get("cpu_bf16", True))  # score in the precision it was fitted in
+    return model
 
 
 class RewardModel(BaseRewardModel):
@@ -325,7 +334,8 @@ class RewardModel(BaseRewardModel):
     def options(self) -> dict[str, Any]:
         return {"kind": KIND_SINGLE, "base_model": self.base_model, "family": self.family,
                 "max_length": self.max_length, "turns": self.turns,
-                "hidden_size": self.head.in_features, "pooling": "mean"}
+                "hidden_size": self.head.in_features, "pooling": "mean",
+                "cpu_bf16": self.cpu_bf16}
 
     def save_weights(self, directory: str | Path) -> Path:
         """Encoder, tokenizer, head and options, without the normaliser (an ensemble member)."""

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from ..device import cpu_has_fast_bf16
 from ..errors import DataError
 from ..evaluate.metrics import accuracy_ci
 from ..runs import (atomic_write_bytes, atomic_write_json, iter_jsonl, iter_jsonl_lines,
@@ -253,6 +254,9 @@ class RMTrainConfig:
     half: str | None = None
     # Pairs whose chosen equals rejected carry no preference: skip and count them (True) or raise.
     drop_identical: bool = True
+    # bf16 autocast for feature passes and training on a CPU with native bf16 (AVX512-BF16 or
+    # AMX; other CPUs stay in fp32). Saved with the model, which then scores the same way.
+    cpu_bf16: bool = True
 
     def validate(self) -> None:
         if self.family not in FAMILIES:
@@ -474,7 +478,9 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
         weight_decay=0.01, max_grad_norm=1.0, max_length=None, disable_dropout=True,
         remove_unused_columns=False, logging_steps=max(1, min(10, steps // 10)),
         save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=not use_cuda,
-        bf16=use_cuda and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, **grouping)
+        bf16=(torch.cuda.is_bf16_supported() if use_cuda
+              else model.cpu_bf16 and cpu_has_fast_bf16()),
+        dataloader_num_workers=0, **grouping)
     trainer = RewardTrainer(model=model.model, args=args, train_dataset=Dataset.from_dict(rows),
                             processing_class=model.tokenizer)
     try:
@@ -503,6 +509,7 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
     model = family_class(cfg.family).from_base(cfg.base_model, max_length=cfg.max_length,
                                                turns=cfg.turns, seed=seed, **extra)
     model.name = name
+    model.cpu_bf16 = cfg.cpu_bf16
     if cfg.freeze_encoder:
         model.requires_grad_(False)
         train_raw = _train_head(model, train, cfg, seed)
