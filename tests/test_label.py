@@ -1,6 +1,7 @@
 """The label stage: clipping, sentence prefixes, and rewards from every dimension's scorer."""
 from __future__ import annotations
 
+import pytest
 from transformers import AutoTokenizer
 
 from rewardprompt.label import LabelConfig, clip_response, run_label, sentence_prefixes
@@ -60,3 +61,30 @@ def test_clipped_replies_keep_their_end_of_turn_token(tmp_path, tiny_policy):
         ex = tokenise_example(tok, r["prompt"], r["response"], template=RewardTemplate(("length",)),
                               targets=r["rewards"], max_completion_tokens=16)
         assert ex["labels"][-len(end):] == end  # the clipped reply still ends its turn
+
+
+def test_keep_extremes_keeps_best_and_worst_per_prompt_and_dimension(tmp_path, tiny_policy):
+    hi, bye = [{"role": "user", "content": "hi"}], [{"role": "user", "content": "bye"}]
+    write_jsonl(tmp_path / "samples.jsonl", [
+        {"id": "p", "prompt": hi, "response": "One two three four."},   # longest
+        {"id": "p", "prompt": hi, "response": "One, sorry."},           # has the keyword
+        {"id": "p", "prompt": hi, "response": "One two."},
+        {"id": "p", "prompt": hi, "response": "One."},                  # shortest
+        {"id": "q", "prompt": bye, "response": "Fine then."},
+        {"id": "q", "prompt": bye, "response": "Fine then, goodbye."}])
+    out = tmp_path / "train.jsonl"
+    res = run_label(LabelConfig(samples=[str(tmp_path / "samples.jsonl")], policy=str(tiny_policy),
+                                scorers={"length": "synthetic:length:4",
+                                         "sorry": "synthetic:keyword:sorry"},
+                                out=str(out), keep="extremes"))
+    kept = [r["response"] for r in read_jsonl(out)]
+    # prompt "hi": longest and shortest (length), the keyword reply and the first without it
+    # (sorry); prompt "bye": both replies (the only two).
+    assert kept == ["One two three four.", "One, sorry.", "One.", "Fine then.",
+                    "Fine then, goodbye."]
+    assert res["n"] == 5 and res["n_scored"] == 6
+    assert res["labels"]["sorry"]["mean"] == 0.2  # statistics of the rows written
+    with pytest.raises(ValueError, match="keep must be one of"):
+        run_label(LabelConfig(samples=[str(tmp_path / "samples.jsonl")], policy=str(tiny_policy),
+                              scorers={"length": "synthetic:length:4"}, out=str(out),
+                              keep="best"))

@@ -6,6 +6,7 @@ clipped to what SFT will train on, so the reward describes exactly the text the 
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -26,6 +27,28 @@ class LabelConfig:
     batch_size: int = 32
     prefixes: int = 0   # also label up to k sentence-prefixes of each response (more samples
                         # per prompt that differ only in where they stop)
+    # "all" keeps every labelled row; "extremes" keeps, per prompt and per dimension, only the
+    # lowest- and the highest-scored response (best and worst of n): the same prompt with the
+    # widest reward gap, so only the label tells the two replies apart.
+    keep: str = "all"
+
+
+KEEP = ("all", "extremes")
+
+
+def keep_extremes(rows: list[dict], dimensions: list[str]) -> list[dict]:
+    """Per prompt (the whole message list) and per dimension, the rows with the lowest and the
+    highest reward, each kept once, in their original order."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(json.dumps(r["prompt"], sort_keys=True), []).append(i)
+    keep: set[int] = set()
+    for idx in groups.values():
+        for dim in dimensions:
+            scores = [rows[i]["rewards"][dim] for i in idx]
+            keep.add(idx[int(np.argmin(scores))])
+            keep.add(idx[int(np.argmax(scores))])
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def clip_response(tokenizer, text: str, max_tokens: int) -> str:
@@ -59,6 +82,8 @@ def run_label(cfg: LabelConfig) -> dict:
 
     if not cfg.scorers:
         raise ValueError("label needs at least one scorer (dimension -> RM folder or synthetic:...)")
+    if cfg.keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {cfg.keep!r}")
     tok = load_tokenizer(cfg.policy)
     rows: list[dict] = []
     for path in cfg.pairs:
@@ -81,14 +106,19 @@ def run_label(cfg: LabelConfig) -> dict:
              for r in list(rows) for j, p in enumerate(sentence_prefixes(r["response"], cfg.prefixes))]
     prompts = [r["prompt"] for r in rows]
     responses = [r["response"] for r in rows]
-    stats = {}
     for dim, spec in cfg.scorers.items():
         scores = load_scorer(spec).score(prompts, responses)
         for r, s in zip(rows, scores):
             r.setdefault("rewards", {})[dim] = round(float(s), 4)
+    n_scored = len(rows)
+    if cfg.keep == "extremes":
+        rows = keep_extremes(rows, list(cfg.scorers))
+    stats = {}  # of the rewards the policy will be conditioned on (the rows written)
+    for dim in cfg.scorers:
+        scores = np.array([r["rewards"][dim] for r in rows])
         stats[dim] = {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
                       "quantiles": [float(q) for q in np.quantile(scores, [0, .1, .25, .5, .75, .9, 1])],
                       "frac_below_0.1": float(np.mean(scores < 0.1)),
                       "frac_above_0.9": float(np.mean(scores > 0.9))}
     write_jsonl(cfg.out, rows)
-    return {"n": len(rows), "labels": stats}
+    return {"n": len(rows), "n_scored": n_scored, "labels": stats}
