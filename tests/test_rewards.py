@@ -263,6 +263,7 @@ def test_rm_config_records_options(trained):
     out, _ = trained
     opts = json.loads((out / "rm_config.json").read_text())
     assert opts["max_length"] == 32 and opts["turns"] == "last" and opts["pooling"] == "mean"
+    assert opts["cpu_bf16"] is False  # tests pin the CPU to fp32: the precision actually used
 
 
 # ---------------------------------------------------------------- calibration and eval report
@@ -715,3 +716,6 @@ def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, tmp_path
     m.save(tmp_path / "rm")
     assert json.loads((tmp_path / "rm" / "rm_config.json").read_text())["cpu_bf16"] is False
     assert load_scorer(tmp_path / "rm").cpu_bf16 is False
+    m.cpu_bf16 = True
+    m.save(tmp_path / "rm-bf16")
+    assert load_scorer(tmp_path / "rm-bf16").cpu_bf16 is True

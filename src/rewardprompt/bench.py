@@ -187,6 +187,7 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
     atomic_write_json(cfg.out, to_jsonable(result))
     prec = result["precision"]
     print(f"[rewardprompt] bench rm: rewardprompt ({prec['rewardprompt']}) "
-          f"{med['rewardprompt']:.2f} vs TRL ({prec['trl']}) {med['trl']:.2f} pairs/s, ratio {result['ratio']:.2f} (training alone "
-          f"{result['train_ratio']:.2f}); written to {cfg.out}", flush=True)
+          f"{med['rewardprompt']:.2f} vs TRL ({prec['trl']}) {med['trl']:.2f} pairs/s, "
+          f"ratio {result['ratio']:.2f} (training alone {result['train_ratio']:.2f}); "
+          f"written to {cfg.out}", flush=True)
     return to_jsonable(result)

@@ -296,7 +296,9 @@ def load_member(directory: str | Path, *, normaliser: EmpiricalCDFNormaliser | N
     opts = _read_options(Path(directory))
     model = family_class(opts.get("family", "encoder")).load_weights(
         directory, normaliser=normaliser, name=name)
-    model.cpu_bf16 = bool(opts.get("cpu_bf16", True))  # score in the precision it was fitted in
+    # Score in the precision the head and normaliser were fitted in (folders that predate the
+    # option were fitted in fp32).
+    model.cpu_bf16 = bool(opts.get("cpu_bf16", False))
     return model
 
 

@@ -509,7 +509,8 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
     model = family_class(cfg.family).from_base(cfg.base_model, max_length=cfg.max_length,
                                                turns=cfg.turns, seed=seed, **extra)
     model.name = name
-    model.cpu_bf16 = cfg.cpu_bf16
+    # Saved with the model: whether its features were computed in bf16, so it scores the same way.
+    model.cpu_bf16 = cfg.cpu_bf16 and (model.device.type == "cuda" or cpu_has_fast_bf16())
     if cfg.freeze_encoder:
         model.requires_grad_(False)
         train_raw = _train_head(model, train, cfg, seed)
