@@ -43,8 +43,9 @@ def clean_run(tmp_path_factory, tiny_policy) -> Path:
 def test_every_stage_and_outputs(clean_run):
     manifest = json.loads((clean_run / "manifest.json").read_text())
     stages = manifest["stages"]
-    for s in ["data", "rm_helpful", "rm_harmless", "label", "sft_conditioned", "sft_uncond_sft",
-              "generate_conditioned", "generate_uncond_sft", "evaluate", "elo", "report"]:
+    for s in ["data", "rm_helpful", "rm_helpful_test", "rm_harmless", "rm_harmless_test", "label",
+              "sft_conditioned", "sft_uncond_sft", "generate_conditioned", "generate_uncond_sft",
+              "evaluate", "elo", "report"]:
         assert stages[s]["done"] and stages[s]["wall_s"] >= 0, s
     for key in ("config", "versions", "git_commit", "seeds", "data", "peak_rss_mib"):
         assert key in manifest
@@ -55,8 +56,20 @@ def test_every_stage_and_outputs(clean_run):
             assert key in metrics[dim]
             assert key in metrics["baselines"]["uncond_sft"][dim]
         assert 0.0 <= metrics["rm"][dim]["accuracy"] <= 1.0
+        # the held-out test RM: the other half of the training pairs, another seed; evaluate
+        # reports the actual reward under it beside the labelling RM's
+        label_rm, test_rm = metrics["rm"][dim], metrics["rm"][f"{dim}-test"]
+        assert (label_rm["half"], test_rm["half"]) == ("first", "second")
+        assert test_rm["seed"] == label_rm["seed"] + 1
+        assert label_rm["n_train"] + test_rm["n_train"] == 48  # --rm-limit: disjoint halves
+        for model in (metrics[dim], metrics["baselines"]["uncond_sft"][dim]):
+            assert model["test_rm"]["n"] == model["n"] and "pearson_r" in model["test_rm"]
+    scores = [json.loads(l) for l in (clean_run / "eval/scores.jsonl").open()]
+    assert all(set(r["actual_test"]) == {"helpful", "harmless"} for r in scores)
+    assert any(r["actual_test"] != r["actual"] for r in scores)
     html = (clean_run / "report.html").read_text()
     assert "data:image/png;base64," in html
+    assert "r, test RM" in html  # the labelling-vs-test RM table was filled
     # held-out prompts were never trained on
     train_ids = {json.loads(l)["id"] for l in (clean_run / "data/label_pairs.jsonl").open()}
     eval_ids = {json.loads(l)["id"] for l in (clean_run / "data/eval_prompts.jsonl").open()}

@@ -1,8 +1,9 @@
 """The demo: every stage end to end on the embedded default, as one resumable run.
 
 Stages (each recorded in the manifest, skipped when already done, so a killed run resumes):
-data -> rm_helpful, rm_harmless -> label -> sft_conditioned, sft_uncond ->
-generate_conditioned, generate_uncond -> evaluate -> report.
+data -> rm_helpful, rm_helpful_test, rm_harmless, rm_harmless_test -> label ->
+sft_conditioned, sft_uncond -> generate_conditioned, generate_uncond -> evaluate -> elo -> report.
+The *_test reward models are held out (never label): evaluate scores under them too.
 Helpful is learned from UltraFeedback, harmless from HH-RLHF harmless-base (both shipped).
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ class DemoConfig:
     rm_lr: float = 3e-5
     rm_batch_size: int = 16
     rm_limit: int | None = None
+    # A held-out "test" RM per dimension for over-optimisation checks: the labelling RM trains on
+    # the first half of the training pairs (by a hash of the pair id), the test RM on the second
+    # half with another seed (and test_rm_family, default the same family); it never labels,
+    # and evaluate reports the actual reward under both.
+    test_rm: bool = True
+    test_rm_family: str | None = None
     # labelled training set
     label_pairs: int = 60                   # pairs per dataset; both replies are used
     prefixes: int = 4                       # also label k sentence-prefixes of every reply
@@ -112,6 +119,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     run.stage("data", data_stage)
 
     scorers: dict[str, str] = {}
+    test_scorers: dict[str, str] = {}  # held-out RMs: evaluation only, never labelling
     if cfg.synthetic:
         synthetic = ("synthetic:length:40", "synthetic:keyword:sorry")
         if len(dims) > len(synthetic):
@@ -119,28 +127,39 @@ def run_demo(cfg: DemoConfig) -> dict:
                              f"not {len(dims)}")
         scorers = dict(zip(dims, synthetic))
     else:
-        rm_metrics = {}
-        # rm_layers and rm_pooling shape the decoder family; the encoder has neither.
-        decoder_options = ({"layers": cfg.rm_layers, "pooling": cfg.rm_pooling}
-                           if cfg.rm_family == "decoder" else {})
+        rm_metrics: dict[str, dict] = {}
+        # (stage, metrics key, folder, family, training half, seed) of every reward model.
+        plan = []
         for dim in dims:
-            rm_dir = run.path("rm", dim)
+            plan.append((f"rm_{dim}", dim, run.path("rm", dim), cfg.rm_family,
+                         "first" if cfg.test_rm else None, cfg.seed))
+            if cfg.test_rm:
+                plan.append((f"rm_{dim}_test", f"{dim}-test", run.path("rm", f"{dim}-test"),
+                             cfg.test_rm_family or cfg.rm_family, "second", cfg.seed + 1))
+        for stage, key, rm_dir, family, half, seed in plan:
+            dim = key.removesuffix("-test")
 
-            def rm_stage(dim: str = dim, rm_dir: Path = rm_dir) -> dict:
+            def rm_stage(dim: str = dim, rm_dir: Path = rm_dir, family: str = family,
+                         half: str | None = half, seed: int = seed) -> dict:
+                # rm_layers and rm_pooling shape the decoder family; the encoder has neither.
+                decoder_options = ({"layers": cfg.rm_layers, "pooling": cfg.rm_pooling}
+                                   if family == "decoder" else {})
                 train = train_reward_model(RMTrainConfig(
-                    data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), family=cfg.rm_family,
-                    base_model=cfg.rm_base, **decoder_options,
-                    test_fraction=0.0, max_length=cfg.rm_max_length, epochs=cfg.rm_epochs,
-                    lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, seed=cfg.seed, limit=cfg.rm_limit,
+                    data=str(d / f"{dim}-train.jsonl"), out=str(rm_dir), family=family,
+                    base_model=cfg.rm_base if family == cfg.rm_family else None,
+                    **decoder_options, half=half, test_fraction=0.0,
+                    max_length=cfg.rm_max_length, epochs=cfg.rm_epochs, lr=cfg.rm_lr,
+                    batch_size=cfg.rm_batch_size, seed=seed, limit=cfg.rm_limit,
                     cpu_bf16=cfg.bf16_cpu))
                 ev = evaluate_reward_model(RMEvalConfig(rm=str(rm_dir),
                                                         data=str(d / f"{dim}-test.jsonl")))
                 return {"accuracy": ev["accuracy"], "ci_low": ev["ci_low"], "ci_high": ev["ci_high"],
                         "n_test": ev["n"], "n_train": train.get("n_train"),
-                        "train_seconds": train.get("train_seconds")}
+                        "train_seconds": train.get("train_seconds"), "family": family,
+                        "half": half, "seed": seed}
 
-            rm_metrics[dim] = run.stage(f"rm_{dim}", rm_stage)
-            scorers[dim] = str(rm_dir)
+            rm_metrics[key] = run.stage(stage, rm_stage)
+            (test_scorers if key.endswith("-test") else scorers)[dim] = str(rm_dir)
         _update_metrics(run, rm=rm_metrics)
 
     label_out = run.path("label", "train.jsonl")
@@ -169,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             max_prompt_tokens=cfg.max_prompt_tokens, sampling=cfg.sampling)))
     run.stage("evaluate", lambda: run_evaluate(EvaluateConfig(
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models], scorers=scorers,
-        out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed)))
+        test_scorers=test_scorers, out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed)))
     # Head-to-head ranking of the models on the same prompts, judged by the first dimension's RM.
     run.stage("elo", lambda: {k: v for k, v in run_elo(EloConfig(
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models],

@@ -219,8 +219,31 @@ def _rm(metrics: dict) -> str:
     if not isinstance(rm, dict) or not rm:
         return _na("Reward-model accuracy (metrics.json: rm)")
     rows = [[_e(dim), _with_ci(d, "accuracy", "ci_low", "ci_high"), _e(d.get("n_test", "")),
+             _e(d.get("n_train", "")), _e(d.get("half") or "all"), _e(d.get("family", "")),
              _num(d.get("train_seconds"), 1)] for dim, d in rm.items() if isinstance(d, dict)]
-    return _table(["dimension", "pairwise accuracy [95% CI]", "test pairs", "train s"], rows)
+    return _table(["reward model", "pairwise accuracy [95% CI]", "test pairs", "train pairs",
+                   "training half", "family", "train s"], rows)
+
+
+def _test_rm(metrics: dict, dims: list[str], models: list[str]) -> str:
+    """The same generations scored by the labelling RM and by the held-out test RM."""
+    rows = []
+    for dim in dims:
+        for model in models:
+            d = _model_metrics(metrics, model, dim)
+            t = d.get("test_rm")
+            if isinstance(t, dict):
+                rows.append([_e(dim), _e(model), _with_ci(d, "pearson_r", "ci_low", "ci_high"),
+                             _with_ci(t, "pearson_r", "ci_low", "ci_high"),
+                             _num(d.get("mean_actual")), _num(t.get("mean_actual"))])
+    if not rows:
+        return _na("Held-out test RM (metrics.json: DIM.test_rm)",
+                   "no test reward model was evaluated in this run")
+    return ("<p>Over-optimisation check: the same generations scored by the labelling RM and by "
+            "the held-out test RM (trained on the other half of the pairs, another seed, never "
+            "used for labels). A policy that games the labelling RM gains under it only.</p>"
+            + _table(["dimension", "model", "r, labelling RM", "r, test RM",
+                      "mean actual, labelling RM", "mean actual, test RM"], rows))
 
 
 def _stages(manifest: dict | None) -> str:
@@ -302,6 +325,7 @@ def build_report(run_dir: str | Path) -> Path:
         "<h2>Training labels</h2><p>The reward distribution the policy was conditioned on.</p>",
         _labels(metrics, dims, train, why_train) if dims else "",
         "<h2>Reward-model accuracy</h2>", _rm(metrics),
+        "<h2>Labelling RM vs held-out test RM</h2>", _test_rm(metrics, dims, models),
         "<h2>Elo ratings</h2>", _elo(elo, why_elo),
         "<h2>Stage wall times</h2>", _stages(manifest),
         "<h2>Example generations</h2>", _examples(scores, dims, why_scores),
