@@ -9,6 +9,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Reward models use bf16 autocast on CPUs with native bf16: pin every test (and the CLI runs they
+# start as subprocesses) to fp32, so that tolerances do not depend on the CPU. The bf16 path has
+# its own test, which sets the variable back to "1".
+os.environ["REWARDPROMPT_CPU_BF16"] = "0"
 
 # SmolLM2's ChatML template (default system turn included), so tiny models see the real layout.
 CHAT_TEMPLATE = (
@@ -84,18 +88,3 @@ def build_tiny_encoder(out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
-
-
-@pytest.fixture(autouse=True, scope="session")
-def fp32_on_every_cpu():
-    """Reward models use bf16 autocast on CPUs with native bf16 (cpu_has_fast_bf16): pin tests to
-    fp32 so that their tolerances do not depend on the CPU they run on (session-wide, so that
-    session fixtures that train models see it too). The bf16 path has its own test, which turns
-    the probe back on."""
-    import rewardprompt.rewards.model as model_mod
-    import rewardprompt.rewards.train as train_mod
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_mod, "cpu_has_fast_bf16", lambda: False)
-        mp.setattr(train_mod, "cpu_has_fast_bf16", lambda: False)
-        yield

@@ -84,6 +84,10 @@ def test_keep_extremes_keeps_best_and_worst_per_prompt_and_dimension(tmp_path, t
                     "Fine then, goodbye."]
     assert res["n"] == 5 and res["n_scored"] == 6
     assert res["labels"]["sorry"]["mean"] == 0.2  # statistics of the rows written
+    with pytest.raises(ValueError, match="use prefixes=0"):
+        run_label(LabelConfig(samples=[str(tmp_path / "samples.jsonl")], policy=str(tiny_policy),
+                              scorers={"length": "synthetic:length:4"}, out=str(out),
+                              keep="extremes", prefixes=2))
     with pytest.raises(ValueError, match="keep must be one of"):
         run_label(LabelConfig(samples=[str(tmp_path / "samples.jsonl")], policy=str(tiny_policy),
                               scorers={"length": "synthetic:length:4"}, out=str(out),

@@ -59,8 +59,10 @@ def test_every_stage_and_outputs(clean_run):
         # the held-out test RM: the other half of the training pairs, another seed; evaluate
         # reports the actual reward under it beside the labelling RM's
         label_rm, test_rm = metrics["rm"][dim], metrics["rm"][f"{dim}-test"]
-        assert (label_rm["half"], test_rm["half"]) == ("first", "second")
-        assert test_rm["seed"] == label_rm["seed"] + 1
+        trained = {k: json.loads((clean_run / "rm" / k / "metrics.json").read_text())["config"]
+                   for k in (dim, f"{dim}-test")}  # what training itself recorded
+        assert (trained[dim]["half"], trained[f"{dim}-test"]["half"]) == ("first", "second")
+        assert trained[f"{dim}-test"]["seed"] == trained[dim]["seed"] + 1
         assert label_rm["n_train"] + test_rm["n_train"] == 48  # --rm-limit: disjoint halves
         for model in (metrics[dim], metrics["baselines"]["uncond_sft"][dim]):
             assert model["test_rm"]["n"] == model["n"] and "pearson_r" in model["test_rm"]

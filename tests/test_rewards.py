@@ -641,6 +641,7 @@ def test_bench_rm_times_both_trainers_and_writes_json(family, tiny_encoder, tiny
                                     repeats=1))
     saved = json.loads(out.read_text())
     assert saved["ratio"] == pytest.approx(result["ratio"])
+    assert saved["precision"] == {"rewardprompt": "fp32", "trl": "fp32"}  # CPU pinned to fp32
     for name in ("rewardprompt", "trl"):
         run = saved["runs"][name][0]
         assert run["pairs_trained"] == 16 and run["train_s"] > 0
@@ -684,13 +685,16 @@ def test_decoder_truncated_layers_and_mean_pooling(tiny_decoder, pref_file, tmp_
         DecoderRewardModel.from_base(tiny_decoder, layers=3)
 
 
-def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, tmp_path, monkeypatch):
+def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, pref_file, tmp_path,
+                                                          monkeypatch):
     """On a CPU with native bf16 the features are computed under bf16 autocast (close to fp32);
-    cpu_bf16=False, or a CPU without native bf16, keeps fp32; the choice is saved with the model
-    so that it scores the way its head and normaliser were fitted."""
+    cpu_bf16=False, or a CPU without native bf16, keeps fp32. Training records the precision it
+    actually used, and a loaded model scores the way its head and normaliser were fitted."""
     import rewardprompt.rewards.model as model_mod
+    from rewardprompt.device import cpu_has_fast_bf16
     from rewardprompt.rewards.decoder import DecoderRewardModel
 
+    assert cpu_has_fast_bf16() is False  # conftest pins the tests to fp32
     m = DecoderRewardModel.from_base(tiny_decoder, max_length=48, seed=0)
     rows = _pairs(seed=3, n=12)
     prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
@@ -703,7 +707,8 @@ def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, tmp_path
         return real_autocast(device_type, *args, **kwargs)
 
     monkeypatch.setattr(model_mod.torch, "autocast", spy)
-    monkeypatch.setattr(model_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("REWARDPROMPT_CPU_BF16", "1")  # as on a CPU with native bf16
+    assert m.uses_bf16()
     bf16 = m.score_raw(prompts, responses)
     assert seen and seen[0] == ("cpu", torch.bfloat16)
     assert not np.array_equal(bf16, fp32)  # autocast really ran in bf16
@@ -712,10 +717,10 @@ def test_cpu_bf16_autocast_is_chosen_by_the_cpu_and_saved(tiny_decoder, tmp_path
     m.cpu_bf16 = False
     np.testing.assert_array_equal(m.score_raw(prompts, responses), fp32)
     assert not seen
-    m.normaliser = EmpiricalCDFNormaliser.fit(fp32)
-    m.save(tmp_path / "rm")
-    assert json.loads((tmp_path / "rm" / "rm_config.json").read_text())["cpu_bf16"] is False
-    assert load_scorer(tmp_path / "rm").cpu_bf16 is False
-    m.cpu_bf16 = True
-    m.save(tmp_path / "rm-bf16")
-    assert load_scorer(tmp_path / "rm-bf16").cpu_bf16 is True
+    # rm train records the precision it used: bf16 here, fp32 when told cpu_bf16=False
+    for flag in (True, False):
+        out = tmp_path / f"rm-{flag}"
+        train_reward_model(RMTrainConfig(data=str(pref_file), out=str(out), family="decoder",
+                                         base_model=tiny_decoder, max_length=48, cpu_bf16=flag))
+        assert json.loads((out / "rm_config.json").read_text())["cpu_bf16"] is flag
+        assert load_scorer(out).cpu_bf16 is flag

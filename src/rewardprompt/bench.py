@@ -46,9 +46,10 @@ class BenchRMConfig:
     lr: float = 3e-5
     repeats: int = 3
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    # Precision on a CPU with native bf16 (AVX512-BF16/AMX; others stay fp32): ours defaults to
-    # bf16 autocast, TRL's RewardConfig to fp32 unless told; trl_bf16=True gives TRL bf16 too,
-    # for a same-precision comparison.
+    # CPU precision: ours uses bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX) and
+    # fp32 elsewhere (cpu_bf16=False: always fp32); TRL's RewardConfig stays fp32 on a CPU unless
+    # told, and trl_bf16=True tells it (on any CPU), for a same-precision comparison. On a GPU
+    # both use bf16 where it is supported. The JSON records what each side used.
     cpu_bf16: bool = True
     trl_bf16: bool = False
     seed: int = 0
@@ -107,17 +108,7 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
     trainer.train()
     train = time.perf_counter() - t1
     n = len(trainer.train_dataset)
-    return _timing(n, setup, train)
-
-
-def _precision(cfg: BenchRMConfig) -> dict[str, str]:
-    from .device import cpu_has_fast_bf16
-
-    if torch.cuda.is_available():
-        both = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return {"rewardprompt": both, "trl": both}
-    return {"rewardprompt": "bf16" if cfg.cpu_bf16 and cpu_has_fast_bf16() else "fp32",
-            "trl": "bf16" if cfg.trl_bf16 else "fp32"}
+    return _timing(n, setup, train) | {"precision": "bf16" if bf16 else "fp32"}
 
 
 def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
@@ -139,7 +130,8 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
     t1 = time.perf_counter()
     fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
     seconds = time.perf_counter() - t1
-    return _timing(len(pairs), setup, seconds)
+    return _timing(len(pairs), setup, seconds) | {"precision": "bf16" if model.uses_bf16()
+                                                  else "fp32"}
 
 
 def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
@@ -173,7 +165,7 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
                  for k, v in runs.items()}
     result = {"benchmark": "rm-train", "config": cfg, "base_model": base,
               "device": "cuda" if torch.cuda.is_available() else "cpu",
-              "precision": _precision(cfg),
+              "precision": {k: v[0]["precision"] for k, v in runs.items()},
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_threads": torch.get_num_threads(),
                           "gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()

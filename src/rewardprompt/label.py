@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -29,8 +30,9 @@ class LabelConfig:
                         # per prompt that differ only in where they stop)
     # "all" keeps every labelled row; "extremes" keeps, per prompt and per dimension, only the
     # lowest- and the highest-scored response (best and worst of n): the same prompt with the
-    # widest reward gap, so only the label tells the two replies apart.
-    keep: str = "all"
+    # widest reward gap, so only the label tells the two replies apart. Not with prefixes,
+    # which would compete with the whole replies.
+    keep: Literal["all", "extremes"] = "all"
 
 
 KEEP = ("all", "extremes")
@@ -84,6 +86,9 @@ def run_label(cfg: LabelConfig) -> dict:
         raise ValueError("label needs at least one scorer (dimension -> RM folder or synthetic:...)")
     if cfg.keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {cfg.keep!r}")
+    if cfg.keep == "extremes" and cfg.prefixes:
+        raise ValueError("keep='extremes' picks the best and worst of the whole replies; "
+                         "prefixes would compete with them: use prefixes=0")
     tok = load_tokenizer(cfg.policy)
     rows: list[dict] = []
     for path in cfg.pairs:

@@ -28,7 +28,8 @@ class DemoConfig:
     synthetic: bool = False                 # score with synthetic scorers (mechanism check)
     # reward models (see RMTrainConfig): by default the decoder family, SmolLM2-135M cut to its
     # first 12 blocks, frozen, with a logistic head on the mean of the response tokens' states
-    # (HH held-out accuracy 0.626 vs 0.566 for frozen MiniLM, about 3 min per RM here);
+    # (trained on all HH pairs: held-out accuracy 0.626 vs 0.566 for frozen MiniLM, 101 s here
+    # with bf16; with test_rm each labelling RM sees half the pairs);
     # rm_family="encoder" is the faster MiniLM one (rm_layers and rm_pooling then do not apply).
     rm_family: str = "decoder"
     rm_base: str | None = None              # None: the family's shipped default
@@ -41,8 +42,10 @@ class DemoConfig:
     rm_limit: int | None = None
     # A held-out "test" RM per dimension for over-optimisation checks: the labelling RM trains on
     # the first half of the training pairs (by a hash of the pair id), the test RM on the second
-    # half with another seed (and test_rm_family, default the same family); it never labels,
-    # and evaluate reports the actual reward under both.
+    # half with another seed; it never labels, and evaluate reports the actual reward under
+    # both. test_rm_family: None for the same family as the labelling RM; another family uses
+    # its own shipped base model (rm_base applies to rm_family only; rm_layers and rm_pooling to
+    # the decoder family). --no-test-rm: the labelling RMs train on all their pairs, no test RM.
     test_rm: bool = True
     test_rm_family: str | None = None
     # labelled training set
@@ -88,8 +91,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .policy.sft import SFTConfig, run_sft
     from .report.html import build_report
     from .rewards.elo import EloConfig, run_elo
+    from .rewards.model import FAMILIES
     from .rewards.train import RMEvalConfig, RMTrainConfig, evaluate_reward_model, train_reward_model
 
+    for name, family in (("rm_family", cfg.rm_family), ("test_rm_family", cfg.test_rm_family)):
+        if family is not None and family not in FAMILIES:  # before minutes of training
+            raise ValueError(f"{name} must be one of {FAMILIES}, got {family!r}")
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
     d = run.path("data")
     template = RewardTemplate.from_dict(cfg.template).to_dict()
@@ -128,16 +135,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         scorers = dict(zip(dims, synthetic))
     else:
         rm_metrics: dict[str, dict] = {}
-        # (stage, metrics key, folder, family, training half, seed) of every reward model.
+        # (dimension, is it the test RM, family, training half, seed) of every reward model.
         plan = []
         for dim in dims:
-            plan.append((f"rm_{dim}", dim, run.path("rm", dim), cfg.rm_family,
-                         "first" if cfg.test_rm else None, cfg.seed))
+            plan.append((dim, False, cfg.rm_family, "first" if cfg.test_rm else None, cfg.seed))
             if cfg.test_rm:
-                plan.append((f"rm_{dim}_test", f"{dim}-test", run.path("rm", f"{dim}-test"),
-                             cfg.test_rm_family or cfg.rm_family, "second", cfg.seed + 1))
-        for stage, key, rm_dir, family, half, seed in plan:
-            dim = key.removesuffix("-test")
+                plan.append((dim, True, cfg.test_rm_family or cfg.rm_family, "second",
+                             cfg.seed + 1))
+        for dim, is_test, family, half, seed in plan:
+            key = f"{dim}-test" if is_test else dim
+            rm_dir = run.path("rm", key)
 
             def rm_stage(dim: str = dim, rm_dir: Path = rm_dir, family: str = family,
                          half: str | None = half, seed: int = seed) -> dict:
@@ -158,8 +165,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                         "train_seconds": train.get("train_seconds"), "family": family,
                         "half": half, "seed": seed}
 
-            rm_metrics[key] = run.stage(stage, rm_stage)
-            (test_scorers if key.endswith("-test") else scorers)[dim] = str(rm_dir)
+            rm_metrics[key] = run.stage(f"rm_{dim}_test" if is_test else f"rm_{dim}", rm_stage)
+            (test_scorers if is_test else scorers)[dim] = str(rm_dir)
         _update_metrics(run, rm=rm_metrics)
 
     label_out = run.path("label", "train.jsonl")

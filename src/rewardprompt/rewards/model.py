@@ -152,6 +152,10 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
 
     family = ""
     head: nn.Linear
+    # CPU passes under bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX). Saved with
+    # the model as the precision its head and normaliser were fitted in; a CPU without native
+    # bf16 scores such a model in fp32, whose raw scores differ from bf16 by rounding only.
+    cpu_bf16 = True
 
     def __init__(self, *, base_model: str, max_length: int, turns: str,
                  normaliser: EmpiricalCDFNormaliser | None, name: str) -> None:
@@ -184,18 +188,18 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
     def save_weights(self, directory: str | Path) -> Path:
         """Weights, tokenizer and options, without the normaliser."""
 
-    # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); False keeps CPU passes in fp32.
-    cpu_bf16 = True
+    def uses_bf16(self) -> bool:
+        """Whether passes run under bf16 autocast here: on a GPU with bf16 (roughly half the
+        memory and time), and on a CPU with native bf16 when ``cpu_bf16`` is set (1.5-2x faster;
+        a CPU that would emulate bf16 stays in fp32). Training and scoring both follow this."""
+        if self.device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return self.cpu_bf16 and cpu_has_fast_bf16()
 
     def _autocast(self):
-        # bf16 autocast on GPU roughly halves memory and time, and on a CPU with native bf16 it
-        # runs the forward pass about 1.5x faster; where the CPU emulates bf16 it is slower, so
-        # such CPUs stay in fp32. Pooling happens after the cast back to float32 (bf16 keeps ~3
-        # significant digits).
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.device.type == "cpu" and self.cpu_bf16 and cpu_has_fast_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+        # Pooling happens after the cast back to float32 (bf16 keeps ~3 significant digits).
+        if self.uses_bf16():
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def forward(self, batch: BatchEncoding | dict[str, torch.Tensor]) -> torch.Tensor:

@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from ..device import cpu_has_fast_bf16
 from ..errors import DataError
 from ..evaluate.metrics import accuracy_ci
 from ..runs import (atomic_write_bytes, atomic_write_json, iter_jsonl, iter_jsonl_lines,
@@ -206,8 +205,8 @@ class RMTrainConfig:
     responses plus a logistic-regression head. Measured on this 2-core CPU, HH harmless-base
     (1,829 training pairs, 479 held out): MiniLM 0.576 [0.534, 0.620] in 51 s; the decoder family
     cut to 12 SmolLM2 blocks with mean pooling at 128 tokens (what the demo uses) 0.626 [0.582,
-    0.670] in 181 s in fp32, 0.624 in 101 s with bf16 autocast (``cpu_bf16``, the default where
-    the CPU has native bf16). Full fine-tuning (``freeze_encoder=False``, where ``lr``, ``epochs`` and for
+    0.670] in 181 s in fp32, 0.624 in 101 s with bf16 autocast (``cpu_bf16``, the default
+    where the CPU has native bf16). Full fine-tuning (``freeze_encoder=False``, where ``lr``, ``epochs`` and for
     the encoder ``head_lr`` apply) of MiniLM reached 0.61 after one epoch (about 3 minutes).
     """
 
@@ -479,9 +478,7 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
         weight_decay=0.01, max_grad_norm=1.0, max_length=None, disable_dropout=True,
         remove_unused_columns=False, logging_steps=max(1, min(10, steps // 10)),
         save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=not use_cuda,
-        bf16=(torch.cuda.is_bf16_supported() if use_cuda
-              else model.cpu_bf16 and cpu_has_fast_bf16()),
-        dataloader_num_workers=0, **grouping)
+        bf16=model.uses_bf16(), dataloader_num_workers=0, **grouping)
     trainer = RewardTrainer(model=model.model, args=args, train_dataset=Dataset.from_dict(rows),
                             processing_class=model.tokenizer)
     try:
@@ -511,7 +508,8 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
                                                turns=cfg.turns, seed=seed, **extra)
     model.name = name
     # Saved with the model: whether its features were computed in bf16, so it scores the same way.
-    model.cpu_bf16 = cfg.cpu_bf16 and (model.device.type == "cuda" or cpu_has_fast_bf16())
+    model.cpu_bf16 = cfg.cpu_bf16
+    model.cpu_bf16 = model.uses_bf16()
     if cfg.freeze_encoder:
         model.requires_grad_(False)
         train_raw = _train_head(model, train, cfg, seed)
