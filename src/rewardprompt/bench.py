@@ -118,20 +118,19 @@ def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
 
 def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
     from .rewards.model import family_class
-    from .rewards.train import RMTrainConfig, fine_tune
+    from .rewards.train import RMTrainConfig, fine_tune, set_precision
 
     tcfg = RMTrainConfig(data=cfg.data, out=str(workdir), family=cfg.family, base_model=base,
                          max_length=cfg.max_length, batch_size=cfg.batch_size, lr=cfg.lr,
-                         epochs=1, freeze_encoder=False, seed=cfg.seed)
+                         epochs=1, freeze_encoder=False, seed=cfg.seed, cpu_bf16=cfg.cpu_bf16)
     t0 = time.perf_counter()
     model = family_class(cfg.family).from_base(base, max_length=cfg.max_length, seed=cfg.seed)
-    model.cpu_bf16 = cfg.cpu_bf16
+    precision = set_precision(model, tcfg)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
     fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
     seconds = time.perf_counter() - t1
-    return _timing(len(pairs), setup, seconds) | {"precision": "bf16" if model.uses_bf16()
-                                                  else "fp32"}
+    return _timing(len(pairs), setup, seconds) | {"precision": precision}
 
 
 def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:

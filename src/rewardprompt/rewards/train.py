@@ -206,8 +206,9 @@ class RMTrainConfig:
     (1,829 training pairs, 479 held out): MiniLM 0.576 [0.534, 0.620] in 51 s; the decoder family
     cut to 12 SmolLM2 blocks with mean pooling at 128 tokens (what the demo uses) 0.626 [0.582,
     0.670] in 181 s in fp32, 0.624 in 101 s with bf16 autocast (``cpu_bf16``, the default
-    where the CPU has native bf16). Full fine-tuning (``freeze_encoder=False``, where ``lr``, ``epochs`` and for
-    the encoder ``head_lr`` apply) of MiniLM reached 0.61 after one epoch (about 3 minutes).
+    where the CPU has native bf16). Full fine-tuning (``freeze_encoder=False``, where ``lr``,
+    ``epochs`` and for the encoder ``head_lr`` apply) of MiniLM reached 0.61 after one epoch
+    (about 3 minutes).
     """
 
     data: str
@@ -488,6 +489,14 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
     model.eval()
 
 
+def set_precision(model: BaseRewardModel, cfg: RMTrainConfig) -> str:
+    """Apply ``cfg.cpu_bf16`` and record on the model (saved with it) whether its passes really
+    run in bf16 here, so that it later scores the way it was fitted; returns "bf16" or "fp32"."""
+    model.cpu_bf16 = cfg.cpu_bf16
+    model.cpu_bf16 = model.uses_bf16()
+    return "bf16" if model.cpu_bf16 else "fp32"
+
+
 def fine_tune(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, seed: int,
               workdir: Path) -> None:
     """Train ``model`` end to end on ``pairs``: the family's trainer (the encoder's loop, or TRL's
@@ -507,9 +516,7 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
     model = family_class(cfg.family).from_base(cfg.base_model, max_length=cfg.max_length,
                                                turns=cfg.turns, seed=seed, **extra)
     model.name = name
-    # Saved with the model: whether its features were computed in bf16, so it scores the same way.
-    model.cpu_bf16 = cfg.cpu_bf16
-    model.cpu_bf16 = model.uses_bf16()
+    set_precision(model, cfg)
     if cfg.freeze_encoder:
         model.requires_grad_(False)
         train_raw = _train_head(model, train, cfg, seed)
