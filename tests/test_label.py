@@ -92,3 +92,15 @@ def test_keep_extremes_keeps_best_and_worst_per_prompt_and_dimension(tmp_path, t
         run_label(LabelConfig(samples=[str(tmp_path / "samples.jsonl")], policy=str(tiny_policy),
                               scorers={"length": "synthetic:length:4"}, out=str(out),
                               keep="best"))
+
+
+def test_steered_samples_keep_their_prefill(tmp_path, tiny_policy):
+    prompt = [{"role": "user", "content": "hi"}]
+    write_jsonl(tmp_path / "s.jsonl", [
+        {"id": "a", "prompt": prompt, "response": "I'm sorry, I can't.", "prefill": "I'm sorry"},
+        {"id": "a", "prompt": prompt, "response": "Sure. Bye."}])
+    run_label(LabelConfig(samples=[str(tmp_path / "s.jsonl")], policy=str(tiny_policy),
+                          scorers={"sorry": "synthetic:keyword:sorry"}, out=str(tmp_path / "t.jsonl")))
+    rows = read_jsonl(tmp_path / "t.jsonl")
+    assert [(r["source"], r.get("prefill"), r["rewards"]["sorry"]) for r in rows] == [
+        ("policy-steered", "I'm sorry", 1.0), ("policy", None, 0.0)]

@@ -22,6 +22,10 @@ class GenerateConfig:
     template: dict | None = None
     targets: list[str] = field(default_factory=list)  # e.g. ["0.1", "0.9", ">= 0.6"]; [] = draw
     samples_per_prompt: int = 4
+    # Steering: each prompt is also sampled with the reply started by each of these texts
+    # (prefilled, then continued by the policy; "" is the policy's own start). The replies begin
+    # with their prefill. For widening what the policy's own samples cover before labelling.
+    prefills: list[str] = field(default_factory=list)
     max_prompt_tokens: int = 192
     backend: str = "local"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -75,17 +79,21 @@ def run_generate(cfg: GenerateConfig) -> dict:
         for i, r in enumerate(rows):
             jobs += [(r, {d: Target(v) for d, v in t.items()})
                      for t in drawn[i * cfg.samples_per_prompt:(i + 1) * cfg.samples_per_prompt]]
+    prefills = cfg.prefills or [""]
+    jobs = [(r, t, p) for r, t in jobs for p in prefills]
     backend = get_backend(cfg.model, cfg.backend)
     tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
-    prompts = [fit_prompt(tok, r["prompt"], template, t if conditioned else None,
-                          cfg.max_prompt_tokens) for r, t in jobs]
+    prompts = [fit_prompt(tok, r["prompt"] + ([{"role": "assistant", "content": p}] if p else []),
+                          template, t if conditioned else None, cfg.max_prompt_tokens)
+               for r, t, p in jobs]
     completions = backend.generate(prompts, cfg.sampling)
     out_rows = [{"id": r["id"], "model": cfg.label, "prompt": r["prompt"],
                  # What the model was shown: rounded, or the centre of its quantile bin.
                  "targets": {d: template.quantise(t[d].value) for d in template.dimensions},
                  "target_ops": {d: t[d].op for d in template.dimensions},
                  "conditioned": conditioned, "response": c.text, "n_tokens": c.n_tokens,
-                 "finished": c.finished} for (r, t), c in zip(jobs, completions)]
+                 "finished": c.finished, **({"prefill": p} if cfg.prefills else {})}
+                for (r, t, p), c in zip(jobs, completions)]
     write_jsonl(cfg.out, out_rows)
     return {"n": len(out_rows), "out": str(Path(cfg.out)),
             "mean_tokens": float(np.mean([c.n_tokens for c in completions])) if completions else 0.0}

@@ -98,8 +98,11 @@ def run_label(cfg: LabelConfig) -> dict:
                              "response": p[source], "source": source})
     for path in cfg.samples:
         for i, s in enumerate(read_jsonl(path)):
+            # A steered sample (generate --prefills) keeps the prefill its reply was started with.
             rows.append({"id": f"{s.get('id', i)}:sample{i}", "pair_id": s.get("id"),
-                         "prompt": s["prompt"], "response": s["response"], "source": "policy"})
+                         "prompt": s["prompt"], "response": s["response"],
+                         "source": "policy-steered" if s.get("prefill") else "policy",
+                         **({"prefill": s["prefill"]} if s.get("prefill") else {})})
     # Leave room for the end-of-turn marker the chat template adds, so SFT (which cuts the
     # completion at max_completion_tokens) never cuts the end-of-turn token of a clipped reply.
     suffix = render_completion(tok, [{"role": "user", "content": "x"}], "")

@@ -8,12 +8,21 @@ Helpful is learned from UltraFeedback, harmless from HH-RLHF harmless-base (both
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .backends import SamplingConfig
 from .runs import Run, update_json, write_jsonl
 from .template import RewardTemplate
+
+
+# Openers for steered sampling, chosen by what the demo's RMs score them (24 training prompts
+# x 2 samples, mean helpful / harmless): "" (the policy's own start) 0.31 / 0.42 on HH prompts;
+# refusal 0.13 / 0.78; "Sure! Here's" 0.25 / 0.22; "I don't know." 0.28 / 0.62; the "safe and
+# respectful" opener 0.08 / 0.42; "a detailed, step-by-step answer" 0.43 / 0.26.
+STEER_PREFILLS = ("", "I'm sorry, but I can't", "Sure! Here's", "I don't know.",
+                  "That's a great question! It's important to be safe and respectful.",
+                  "Here is a detailed, step-by-step answer:")
 
 
 @dataclass
@@ -49,8 +58,17 @@ class DemoConfig:
     test_rm: bool = True
     test_rm_family: str | None = None
     # labelled training set
-    label_pairs: int = 60                   # pairs per dataset; both replies are used
-    prefixes: int = 4                       # also label k sentence-prefixes of every reply
+    label_pairs: int = 60                   # pairs per dataset: their prompts are the
+                                            # training prompts
+    pair_replies: bool = False              # also label the pairs' chosen and rejected replies
+    prefixes: int = 0                       # also label k sentence-prefixes of every reply
+    # Steered samples of the base policy on the training prompts: each prompt is sampled
+    # steer_samples times per prefill, the reply started with that text ("" = the policy's own
+    # start), then labelled by the RMs like every other reply ([] = none). The openers widen
+    # what the samples cover (refusal, deflection, compliance, a detailed answer) so that the
+    # labels have behaviour to tell apart; the labels are still the RMs' scores of each reply.
+    steer_prefills: list[str] = field(default_factory=lambda: list(STEER_PREFILLS))
+    steer_samples: int = 1
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
     lr: float = 2e-3
@@ -169,9 +187,20 @@ def run_demo(cfg: DemoConfig) -> dict:
             (test_scorers if is_test else scorers)[dim] = str(rm_dir)
         _update_metrics(run, rm=rm_metrics)
 
+    samples = []
+    if cfg.steer_prefills:
+        samples = [str(run.path("generate", "steered.jsonl"))]
+        run.stage("sample_steered", lambda: run_generate(GenerateConfig(
+            prompts=str(d / "label_pairs.jsonl"), model=cfg.policy, out=samples[0],
+            label="steered", conditioned=False, template=template,
+            samples_per_prompt=cfg.steer_samples, prefills=cfg.steer_prefills,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            sampling=replace(cfg.sampling, max_new_tokens=cfg.max_completion_tokens,
+                             seed=cfg.seed + 1))))
     label_out = run.path("label", "train.jsonl")
     labels = run.stage("label", lambda: run_label(LabelConfig(
-        pairs=[str(d / "label_pairs.jsonl")], scorers=scorers, out=str(label_out),
+        pairs=[str(d / "label_pairs.jsonl")] if cfg.pair_replies else [], samples=samples,
+        scorers=scorers, out=str(label_out),
         policy=cfg.policy, max_completion_tokens=cfg.max_completion_tokens,
         prefixes=cfg.prefixes)))
     _update_metrics(run, labels=labels["labels"])

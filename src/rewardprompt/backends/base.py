@@ -25,5 +25,9 @@ class Completion:
 
 class PolicyBackend(Protocol):
     def generate(self, prompts: list[list[Message]], cfg: SamplingConfig) -> list[Completion]:
-        """One completion per prompt (a prompt is a chat message list, reward block included)."""
+        """One completion per prompt (a prompt is a chat message list, reward block included).
+
+        A prompt that ends with an assistant message is a prefill: the reply continues it, and
+        the completion's text starts with it (``n_tokens`` counts the generated tokens only).
+        """
         ...

@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..policy.models import load_policy, load_tokenizer
-from ..policy.tokenise import render_prompt
+from ..policy.tokenise import render_prompt, split_prefill
 from .base import Completion, Message, SamplingConfig
 
 
@@ -42,8 +42,9 @@ class LocalBackend:
                 finished = any(t in self.eos_ids for t in ids)
                 if finished:
                     ids = ids[:min(ids.index(t) for t in self.eos_ids if t in ids)]
-                out[i] = Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                    n_tokens=len(ids), finished=finished)
+                # A prefilled reply (a trailing assistant message) starts with its prefill.
+                text = split_prefill(prompts[i])[1] + self.tokenizer.decode(ids, skip_special_tokens=True)
+                out[i] = Completion(text=text.strip(), n_tokens=len(ids), finished=finished)
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]

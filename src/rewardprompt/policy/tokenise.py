@@ -20,7 +20,21 @@ IGNORE = -100
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+    """The text the policy continues: the dialogue and the opening of the assistant's turn.
+
+    A dialogue that ends with an assistant message is a prefill (as in vLLM's and transformers'
+    ``continue_final_message``): the reply is rendered open, so the policy continues it.
+    """
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def split_prefill(messages: list[Message]) -> tuple[list[Message], str]:
+    """``(dialogue, prefill)``: a trailing assistant message is the start of the reply."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
 
 
 def render_completion(tokenizer: PreTrainedTokenizerBase, messages: list[Message],
@@ -44,11 +58,14 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
     """The dialogue with its reward block, shortened to ``max_prompt_tokens``.
 
     Oldest turns go first; if the last user turn alone is too long, its beginning is cut. The
-    reward block is put in after shortening, so it survives at either position.
+    reward block is put in after shortening, so it survives at either position; a prefill (a
+    trailing assistant message) is kept whole and counted.
     """
-    msgs = [dict(m) for m in messages]
+    dialogue, prefill = split_prefill(messages)
+    msgs = [dict(m) for m in dialogue]
+    tail = [{"role": "assistant", "content": prefill}] if prefill else []
     while True:
-        with_block = template.apply(msgs, targets)
+        with_block = template.apply(msgs, targets) + tail
         n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block))
         excess = n - max_prompt_tokens
         if excess <= 0:
