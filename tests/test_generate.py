@@ -34,6 +34,17 @@ def test_fit_prompt_shortens_the_dialogue_never_the_prefill(tiny_policy):
     assert len(tok(render_prompt(tok, fitted), add_special_tokens=False)["input_ids"]) <= full - 10
 
 
+def test_fit_prompt_counts_the_prefill(tiny_policy):
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    t, targets = RewardTemplate(), {"helpful": 0.5, "harmless": 0.5}
+    prefill = [{"role": "assistant", "content": "I'm sorry, I can't"}]
+    n = lambda msgs: len(tok(render_prompt(tok, msgs), add_special_tokens=False)["input_ids"])
+    budget = n(t.apply(DIALOGUE, targets) + prefill) - 3  # the dialogue alone would fit
+    fitted = fit_prompt(tok, DIALOGUE + prefill, t, targets, budget)
+    assert n(fitted) <= budget and fitted[-1] == prefill[0]
+    assert len(fitted[0]["content"]) < len(t.apply(DIALOGUE, targets)[0]["content"])
+
+
 def test_prefills_sample_every_prompt_once_per_prefill(tmp_path, tiny_policy):
     write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": DIALOGUE},
                                        {"id": "b", "prompt": [{"role": "user", "content": "hi"}]}])

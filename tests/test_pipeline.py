@@ -43,7 +43,8 @@ def clean_run(tmp_path_factory, tiny_policy) -> Path:
 def test_every_stage_and_outputs(clean_run):
     manifest = json.loads((clean_run / "manifest.json").read_text())
     stages = manifest["stages"]
-    for s in ["data", "rm_helpful", "rm_helpful_test", "rm_harmless", "rm_harmless_test", "label",
+    for s in ["data", "rm_helpful", "rm_helpful_test", "rm_harmless", "rm_harmless_test",
+              "sample_steered", "label",
               "sft_conditioned", "sft_uncond_sft", "generate_conditioned", "generate_uncond_sft",
               "evaluate", "elo", "report"]:
         assert stages[s]["done"] and stages[s]["wall_s"] >= 0, s
@@ -81,6 +82,15 @@ def test_every_stage_and_outputs(clean_run):
     base = [json.loads(l) for l in (clean_run / "generate/uncond_sft.jsonl").open()]
     assert [r["targets"] for r in cond] == [r["targets"] for r in base]
     assert all(r["conditioned"] for r in cond) and not any(r["conditioned"] for r in base)
+    # the policy's training replies: the base policy's samples, started by each steering opener
+    labelled = [json.loads(l) for l in (clean_run / "label/train.jsonl").open()]
+    from rewardprompt.pipeline import STEER_PREFILLS
+
+    assert {r.get("prefill", "") for r in labelled} == set(STEER_PREFILLS)
+    for r in labelled:  # the tiny tokenizer's 16-token clip can end inside a long opener
+        opener = r.get("prefill", "")
+        assert r["response"].startswith(opener) or opener.startswith(r["response"]), r
+    assert {r["pair_id"] for r in labelled} <= train_ids
     meta = json.loads((clean_run / "sft/uncond_sft/final/rewardprompt.json").read_text())
     assert meta["conditioned"] is False and meta["template"]["dimensions"] == ["helpful", "harmless"]
 

@@ -62,6 +62,15 @@ def test_fit_prompt_refuses_impossible_budget(tok):
         fit_prompt(tok, DIALOGUE, RewardTemplate(), {"helpful": .5, "harmless": .5}, 10)
 
 
+def test_a_prefill_is_continued_in_the_same_turn(tok):
+    prefill = [{"role": "assistant", "content": "Bake it"}]
+    ex = tokenise_example(tok, DIALOGUE + prefill, " for forty minutes.", template=RewardTemplate(),
+                          targets=None, max_prompt_tokens=512, max_completion_tokens=512)
+    prompt_ids, completion_ids, _ = _split(ex)
+    assert tok.decode(prompt_ids) == render_prompt(tok, DIALOGUE + prefill)
+    assert tok.decode(completion_ids) == " for forty minutes.<|im_end|>\n"  # no new turn
+
+
 def test_unconditioned_has_no_block(tok):
     ex = tokenise_example(tok, DIALOGUE, RESPONSE, template=RewardTemplate(), targets=None)
     prompt_ids, _, _ = _split(ex)

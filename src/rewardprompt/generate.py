@@ -22,9 +22,10 @@ class GenerateConfig:
     template: dict | None = None
     targets: list[str] = field(default_factory=list)  # e.g. ["0.1", "0.9", ">= 0.6"]; [] = draw
     samples_per_prompt: int = 4
-    # Steering: each prompt is also sampled with the reply started by each of these texts
-    # (prefilled, then continued by the policy; "" is the policy's own start). The replies begin
-    # with their prefill. For widening what the policy's own samples cover before labelling.
+    # Steering: every sample (each target of each prompt) is taken once per text here, the reply
+    # started by it (prefilled, then continued by the policy; "" is the policy's own start). The
+    # replies begin with their prefill; n_tokens counts the generated tokens only. For widening
+    # what the policy's own samples cover before labelling.
     prefills: list[str] = field(default_factory=list)
     max_prompt_tokens: int = 192
     backend: str = "local"

@@ -1,10 +1,11 @@
 """The one tokenise-and-mask function: prompt tokens get label -100, completion tokens are trained.
 
 The prompt is the dialogue rendered by the tokenizer's chat template with the generation prompt
-(``<|im_start|>assistant\\n`` for SmolLM2); the completion is whatever the template puts after it
-for the assistant's reply, end-of-turn token included. Taking the completion as the difference of
-two renderings keeps this right for any chat template. Every caller (SFT, the baseline, tests, the
-online loop later) goes through :func:`tokenise_example`.
+(``<|im_start|>assistant\\n`` for SmolLM2), or left open after a prefill (a trailing assistant
+message); the completion is whatever the template puts after it for the assistant's reply,
+end-of-turn token included. Taking the completion as the difference of two renderings keeps this
+right for any chat template. Every caller (SFT, the baseline, tests, the online loop later) goes
+through :func:`tokenise_example`.
 """
 from __future__ import annotations
 
@@ -39,10 +40,14 @@ def split_prefill(messages: list[Message]) -> tuple[list[Message], str]:
 
 def render_completion(tokenizer: PreTrainedTokenizerBase, messages: list[Message],
                       response: str) -> str:
-    """The text the template adds for the assistant reply, end-of-turn marker included."""
+    """The text the template adds for the assistant reply, end-of-turn marker included.
+
+    After a prefill (a trailing assistant message) the reply continues it, in the same turn.
+    """
     prompt = render_prompt(tokenizer, messages)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                         tokenize=False)
+    dialogue, prefill = split_prefill(messages)
+    full = tokenizer.apply_chat_template(
+        dialogue + [{"role": "assistant", "content": prefill + response}], tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the "
                          "full dialogue; completion-only masking needs it to")
@@ -79,7 +84,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
         n_content = _n_tokens(tokenizer, content)
         if excess >= n_content:
             raise ValueError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the "
-                             "dialogue next to the reward block and chat markup")
+                             "dialogue next to the reward block, chat markup and prefill")
         # Cut characters, not tokens: decoding a token slice can split a multi-byte character
         # and grow the text. Each pass removes at least one character, so this ends.
         cut = max(1, round(excess * len(content) / n_content))
