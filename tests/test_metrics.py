@@ -148,3 +148,21 @@ def test_bootstrap_mean_ci_and_accuracy_ci() -> None:
     assert accuracy_ci(np.array([]))["accuracy"] is None
     with pytest.raises(ValueError):
         bootstrap_mean_ci(np.array([]))
+
+
+def test_opener_shares_per_target_bin() -> None:
+    from rewardprompt.evaluate.metrics import opener_shares
+
+    targets = np.array([0.05, 0.1, 0.15, 0.95, 0.9, 1.0])
+    replies = ["Sure! Here it is.", "Sure! Here you go", "Whatever", "I'm sorry, but I can't.",
+               "I'm sorry, but I can't help.", "I'm sorry"]
+    bins = opener_shares(targets, replies, ["", "I'm sorry", "I'm sorry, but I can't", "Sure!"])
+    assert [b["n"] for b in bins] == [3, 0, 0, 0, 3]
+    assert bins[0]["share"] == pytest.approx({"I'm sorry": 0, "I'm sorry, but I can't": 0,
+                                              "Sure!": 2 / 3, "other": 1 / 3})
+    # the longest opener a reply starts with counts, each reply once
+    assert bins[4]["share"] == pytest.approx({"I'm sorry": 1 / 3, "I'm sorry, but I can't": 2 / 3,
+                                              "Sure!": 0, "other": 0})
+    assert all(v is None for v in bins[1]["share"].values())
+    with pytest.raises(ValueError, match="6 targets but 5 responses"):
+        opener_shares(targets, replies[:5], ["Sure!"])

@@ -67,6 +67,8 @@ def test_every_stage_and_outputs(clean_run):
         assert label_rm["n_train"] + test_rm["n_train"] == 48  # --rm-limit: disjoint halves
         for model in (metrics[dim], metrics["baselines"]["uncond_sft"][dim]):
             assert model["test_rm"]["n"] == model["n"] and "pearson_r" in model["test_rm"]
+            # which steering opener the replies start with, per target bin
+            assert sum(b["n"] for b in model["openers"]) == model["n"]
     scores = [json.loads(l) for l in (clean_run / "eval/scores.jsonl").open()]
     assert all(set(r["actual_test"]) == {"helpful", "harmless"} for r in scores)
     assert any(r["actual_test"] != r["actual"] for r in scores)

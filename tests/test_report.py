@@ -42,6 +42,10 @@ def _fake_run(run: Path, n_prompts: int = 30, per_prompt: int = 4) -> dict:
                 m["test_rm"] = controllability(t[d], np.clip(0.8 * a[d] - 0.05, 0, 1), lengths,
                                                groups=groups, n_boot=200)
             (metrics if model == "conditioned" else metrics["baselines"]["uncond_sft"])[d] = m
+    shares = [{"lo": k / 5, "hi": (k + 1) / 5, "n": 7,
+               "share": {"I'm sorry": 0.125 * k, "other": 1 - 0.125 * k}} for k in range(5)]
+    for d in DIMS:
+        metrics[d]["openers"] = shares
     metrics["rm"] = {d: {**accuracy_ci(rng.uniform(size=200) < 0.7, n_boot=200),
                          "n_test": 200, "train_seconds": 12.5} for d in DIMS}
     labels = {d: rng.beta(2, 2, 300) for d in DIMS}
@@ -83,6 +87,7 @@ def test_report_is_self_contained_and_shows_metrics(tmp_path: Path) -> None:
                 in html and f"{test_rm['mean_actual']:.3f}" in html)
         assert f"{metrics['labels'][d]['frac_below_0.1']:.3f}" in html
     assert "abc123" in html and "40.0" in html and "512.0" in html
+    assert "I&#x27;m sorry" in html and "0.50" in html  # the openers-by-target table
     # Data text is escaped: no markup from responses, prompts or the config reaches the page.
     assert "<script" not in html and "question 0 <b>" not in html
     assert "question 0 &lt;b&gt;" in html
@@ -98,6 +103,7 @@ def test_missing_optional_files_say_not_available(tmp_path: Path) -> None:
     assert html.count("not available") >= 4
     assert "scores.jsonl is missing" in html and "train.jsonl is missing" in html
     assert "data:image/png;base64," in html  # bin means still plotted from metrics.json
+    assert "Openers by target" in html
 
 
 def test_minimal_metrics_and_corrupt_optional_file(tmp_path: Path) -> None:

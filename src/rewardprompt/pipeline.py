@@ -230,7 +230,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             max_prompt_tokens=cfg.max_prompt_tokens, sampling=cfg.sampling)))
     run.stage("evaluate", lambda: run_evaluate(EvaluateConfig(
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models], scorers=scorers,
-        test_scorers=test_scorers, out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed)))
+        test_scorers=test_scorers, out=str(run.dir), n_boot=cfg.n_boot, seed=cfg.seed,
+        openers=[p for p in cfg.steer_prefills if p])))
     # Head-to-head ranking of the models on the same prompts, judged by the first dimension's RM.
     run.stage("elo", lambda: {k: v for k, v in run_elo(EloConfig(
         generations=[str(run.path("generate", f"{m}.jsonl")) for m in models],

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..rewards.scorer import load_scorer
 from ..runs import read_jsonl, update_json, write_jsonl
-from .metrics import controllability
+from .metrics import controllability, opener_shares
 
 
 @dataclass
@@ -24,6 +24,9 @@ class EvaluateConfig:
     test_scorers: dict[str, str] = field(default_factory=dict)  # held-out RMs (over-optimisation)
     out: str = "runs/demo"                # writes OUT/eval/scores.jsonl and OUT/metrics.json
     primary: str = "conditioned"          # the model whose metrics go at the top level
+    # Openers (e.g. the steering prefills of the training samples): per target bin, the share of
+    # responses that start with each, as DIM.openers. [] = not computed.
+    openers: list[str] = field(default_factory=list)
     n_boot: int = 1000
     seed: int = 0
 
@@ -51,6 +54,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     per_model: dict[str, dict] = {}
     for model in dict.fromkeys(models):
         sel = models == model
+        texts = [r for r, keep in zip(responses, sel) if keep]
         per_dim = {}
         for dim in cfg.scorers:
             t = columns["targets", dim][sel]
@@ -59,6 +63,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             per_dim[dim] = stats(columns["actual", dim])
             if dim in cfg.test_scorers:
                 per_dim[dim]["test_rm"] = stats(columns["actual_test", dim])
+            if cfg.openers:
+                per_dim[dim]["openers"] = opener_shares(t, texts, cfg.openers)
         per_model[str(model)] = per_dim
 
     def replace_sections(metrics: dict) -> None:

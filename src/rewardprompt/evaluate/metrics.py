@@ -150,6 +150,31 @@ def _bins(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, gidx: n
     return out
 
 
+OTHER_OPENER = "other"
+
+
+def opener_shares(targets: np.ndarray, responses: list[str], openers: list[str],
+                  n_bins: int = 5) -> list[dict[str, Any]]:
+    """Per equal-width target bin, the share of responses that start with each opener.
+
+    A response counts for the longest opener it starts with, or for ``"other"``. It shows how a
+    policy trained on steered samples hits its targets: by which opener it picks.
+    """
+    x = np.asarray(targets, dtype=float).reshape(-1)
+    if x.size != len(responses):
+        raise ValueError(f"{x.size} targets but {len(responses)} responses")
+    ordered = sorted({o for o in openers if o}, key=len, reverse=True)
+    names = [next((o for o in ordered if r.lstrip().startswith(o)), OTHER_OPENER) for r in responses]
+    which = np.clip(np.floor(np.clip(x, 0.0, 1.0) * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for k in range(n_bins):
+        sel = [nm for nm, w in zip(names, which) if w == k]
+        share = {o: (sel.count(o) / len(sel) if sel else None)
+                 for o in [o for o in openers if o] + [OTHER_OPENER]}
+        out.append({"lo": k / n_bins, "hi": (k + 1) / n_bins, "n": len(sel), "share": share})
+    return out
+
+
 def controllability(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, *,
                     groups: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
                     n_bins: int = 5) -> dict[str, Any]:

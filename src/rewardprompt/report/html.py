@@ -246,6 +246,28 @@ def _test_rm(metrics: dict, dims: list[str], models: list[str]) -> str:
                       "mean actual, labelling RM", "mean actual, test RM"], rows))
 
 
+def _openers(metrics: dict, dims: list[str], models: list[str]) -> str:
+    """Per target bin, the share of replies that start with each steering opener."""
+    out = []
+    for dim in dims:
+        rows = []
+        names: list[str] = []
+        for model in models:
+            for b in _model_metrics(metrics, model, dim).get("openers") or []:
+                names = names or list(b.get("share", {}))
+                rows.append([_e(model), f"{_num(b.get('lo'), 1)}-{_num(b.get('hi'), 1)}",
+                             _e(b.get("n", ""))] + [_num(b["share"].get(o), 2) for o in names])
+        if rows:
+            out.append(f"<h3>{_e(dim)}</h3>" + _table(
+                ["model", f"target {_e(dim)}", "n"] + [_e(o) for o in names], rows))
+    if not out:
+        return _na("Openers by target (metrics.json: DIM.openers)",
+                   "the run was not evaluated with openers (no steered samples)")
+    return ("<p>How the policy hits its targets: per target bin, the share of replies that "
+            "start with each steering opener of its training samples (or none: other).</p>"
+            + "".join(out))
+
+
 def _stages(manifest: dict | None) -> str:
     stages = (manifest or {}).get("stages")
     if not stages:
@@ -322,6 +344,7 @@ def build_report(run_dir: str | Path) -> Path:
         "prompt; intervals resample prompts (cluster bootstrap).</p>",
         _headline(metrics, dims, models) if dims else _na("Dimensions (metrics.json: dimensions)"),
         "<h2>Target vs actual</h2>", _figures(metrics, dims, models, scores, why_scores),
+        "<h2>Openers by target</h2>", _openers(metrics, dims, models),
         "<h2>Training labels</h2><p>The reward distribution the policy was conditioned on.</p>",
         _labels(metrics, dims, train, why_train) if dims else "",
         "<h2>Reward-model accuracy</h2>", _rm(metrics),
