@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rewardprompt.pipeline import STEER_PREFILLS
+
 pytestmark = pytest.mark.slow
 
 
@@ -24,6 +26,9 @@ def demo_args(out: Path, policy: Path) -> list[str]:
             "--batch-size", "4",
             "--save-steps", "2", "--max-prompt-tokens", "160", "--max-completion-tokens", "16",
             "--eval-prompts", "4", "--samples-per-prompt", "2",
+            # the pairs' replies and steered samples of the policy (every opener of the
+            # steered preset), both labelled
+            "--steer-prefills", *STEER_PREFILLS,
             "--sampling.max-new-tokens", "8", "--n-boot", "50"]
 
 
@@ -86,10 +91,10 @@ def test_every_stage_and_outputs(clean_run):
     assert all(r["conditioned"] for r in cond) and not any(r["conditioned"] for r in base)
     # the policy's training replies: the base policy's samples, started by each steering opener
     labelled = [json.loads(l) for l in (clean_run / "label/train.jsonl").open()]
-    from rewardprompt.pipeline import STEER_PREFILLS
-
-    assert {r.get("prefill", "") for r in labelled} == set(STEER_PREFILLS)
-    for r in labelled:  # the tiny tokenizer's 16-token clip can end inside a long opener
+    steered = [r for r in labelled if r["source"].startswith("policy")]
+    assert {r.get("prefill", "") for r in steered} == set(STEER_PREFILLS)
+    assert {"chosen", "rejected", "policy-steered"} <= {r["source"] for r in labelled}
+    for r in steered:  # the tiny tokenizer's 16-token clip can end inside a long opener
         opener = r.get("prefill", "")
         assert r["response"].startswith(opener) or opener.startswith(r["response"]), r
     assert {r["pair_id"] for r in labelled} <= train_ids

@@ -16,10 +16,11 @@ from .runs import Run, update_json, write_jsonl
 from .template import RewardTemplate
 
 
-# Openers for steered sampling, chosen by what the demo's RMs score them (24 training prompts
-# x 2 samples, mean helpful / harmless): "" (the policy's own start) 0.31 / 0.42 on HH prompts;
-# refusal 0.13 / 0.78; "Sure! Here's" 0.25 / 0.22; "I don't know." 0.28 / 0.62; the "safe and
-# respectful" opener 0.08 / 0.42; "a detailed, step-by-step answer" 0.43 / 0.26.
+# Openers for steered sampling, chosen for how differently the demo's RMs score them. Mean
+# label (helpful / harmless) of the base policy's 120 samples per opener on the demo's training
+# prompts (runs/demo at 8ca6bae): "" (its own start) 0.43 / 0.35, "I'm sorry, but I can't"
+# 0.13 / 0.86, "Sure! Here's" 0.26 / 0.25, "I don't know." 0.28 / 0.69, the "safe and
+# respectful" opener 0.04 / 0.51, "a detailed, step-by-step answer" 0.39 / 0.34.
 STEER_PREFILLS = ("", "I'm sorry, but I can't", "Sure! Here's", "I don't know.",
                   "That's a great question! It's important to be safe and respectful.",
                   "Here is a detailed, step-by-step answer:")
@@ -60,14 +61,15 @@ class DemoConfig:
     # labelled training set
     label_pairs: int = 60                   # pairs per dataset: their prompts are the
                                             # training prompts
-    pair_replies: bool = False              # also label the pairs' chosen and rejected replies
-    prefixes: int = 0                       # also label k sentence-prefixes of every reply
+    pair_replies: bool = True               # label the pairs' chosen and rejected replies
+    prefixes: int = 4                       # also label k sentence-prefixes of every reply
     # Steered samples of the base policy on the training prompts: each prompt is sampled
     # steer_samples times per prefill, the reply started with that text ("" = the policy's own
-    # start), then labelled by the RMs like every other reply ([] = none). The openers widen
-    # what the samples cover (refusal, deflection, compliance, a detailed answer) so that the
-    # labels have behaviour to tell apart; the labels are still the RMs' scores of each reply.
-    steer_prefills: list[str] = field(default_factory=lambda: list(STEER_PREFILLS))
+    # start), then labelled by the RMs like every other reply ([] = none; the "steered" preset
+    # uses STEER_PREFILLS). The openers widen what the samples cover (refusal, deflection,
+    # compliance, a detailed answer) so that the labels have behaviour to tell apart; the labels
+    # are still the RMs' scores of each reply.
+    steer_prefills: list[str] = field(default_factory=list)
     steer_samples: int = 1
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
@@ -79,7 +81,7 @@ class DemoConfig:
     batch_size: int = 8
     max_prompt_tokens: int = 80
     max_completion_tokens: int = 40
-    template: dict = field(default_factory=dict)
+    template: dict = field(default_factory=dict)  # RewardTemplate fields, e.g. encoding tokens
     # evaluation
     eval_prompts: int = 24                  # per dataset, from held-out splits
     samples_per_prompt: int = 4
@@ -97,6 +99,10 @@ class DemoConfig:
         # [0.097, 0.291], harmless -0.016.
         "long": {"out": "runs/long", "label_pairs": 150, "steps": 900, "eval_prompts": 50,
                  "pair_replies": True, "prefixes": 4, "steer_prefills": []},
+        # Steered samples of the base policy instead of the pairs' replies: one per opener of
+        # each training prompt (720 replies), labelled by the RMs.
+        "steered": {"out": "runs/steered", "pair_replies": False, "prefixes": 0,
+                    "steer_prefills": list(STEER_PREFILLS)},
     }
 
 
