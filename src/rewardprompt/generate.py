@@ -45,7 +45,7 @@ def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[st
 
 def run_generate(cfg: GenerateConfig) -> dict:
     from .policy.models import load_tokenizer
-    from .policy.tokenise import fit_prompt
+    from .policy.tokenise import fit_prompt, with_prefill
 
     from .policy.sft import read_policy_meta
 
@@ -84,8 +84,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     jobs = [(r, t, p) for r, t in jobs for p in prefills]
     backend = get_backend(cfg.model, cfg.backend)
     tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
-    prompts = [fit_prompt(tok, r["prompt"] + ([{"role": "assistant", "content": p}] if p else []),
-                          template, t if conditioned else None, cfg.max_prompt_tokens)
+    prompts = [fit_prompt(tok, with_prefill(r["prompt"], p), template,
+                          t if conditioned else None, cfg.max_prompt_tokens)
                for r, t, p in jobs]
     completions = backend.generate(prompts, cfg.sampling)
     out_rows = [{"id": r["id"], "model": cfg.label, "prompt": r["prompt"],

@@ -43,7 +43,8 @@ class LocalBackend:
                 if finished:
                     ids = ids[:min(ids.index(t) for t in self.eos_ids if t in ids)]
                 # A prefilled reply (a trailing assistant message) starts with its prefill.
-                text = split_prefill(prompts[i])[1] + self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = split_prefill(prompts[i])[1] + self.tokenizer.decode(
+                    ids, skip_special_tokens=True)
                 out[i] = Completion(text=text.strip(), n_tokens=len(ids), finished=finished)
             bar.update(len(idx))
         bar.close()

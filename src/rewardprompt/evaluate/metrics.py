@@ -124,11 +124,16 @@ def _none_if_nan(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def _bin_index(targets: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-width bin over [0, 1] of each target (1.0 falls in the last bin)."""
+    return np.clip(np.floor(np.clip(targets, 0.0, 1.0) * n_bins).astype(int), 0, n_bins - 1)
+
+
 def _bins(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarray, gidx: np.ndarray,
           n_groups: int, n_bins: int, boots: list[np.ndarray]) -> list[dict[str, Any]]:
     """Equal-width target bins over [0, 1] with cluster-bootstrap CIs of each bin's mean actual."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.floor(np.clip(targets, 0.0, 1.0) * n_bins).astype(int), 0, n_bins - 1)
+    which = _bin_index(targets, n_bins)
     flat = gidx * n_bins + which
     size = n_groups * n_bins
     counts = np.bincount(flat, minlength=size).reshape(n_groups, n_bins).astype(float)
@@ -165,7 +170,7 @@ def opener_shares(targets: np.ndarray, responses: list[str], openers: list[str],
         raise ValueError(f"{x.size} targets but {len(responses)} responses")
     ordered = sorted({o for o in openers if o}, key=len, reverse=True)
     names = [next((o for o in ordered if r.lstrip().startswith(o)), OTHER_OPENER) for r in responses]
-    which = np.clip(np.floor(np.clip(x, 0.0, 1.0) * n_bins).astype(int), 0, n_bins - 1)
+    which = _bin_index(x, n_bins)
     out = []
     for k in range(n_bins):
         sel = [nm for nm, w in zip(names, which) if w == k]

@@ -26,7 +26,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -
     A dialogue that ends with an assistant message is a prefill (as in vLLM's and transformers'
     ``continue_final_message``): the reply is rendered open, so the policy continues it.
     """
-    if messages and messages[-1]["role"] == "assistant":
+    if split_prefill(messages)[1]:
         return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -36,6 +36,11 @@ def split_prefill(messages: list[Message]) -> tuple[list[Message], str]:
     if messages and messages[-1]["role"] == "assistant":
         return messages[:-1], messages[-1]["content"]
     return messages, ""
+
+
+def with_prefill(messages: list[Message], prefill: str) -> list[Message]:
+    """The dialogue with its reply started by ``prefill`` (unchanged when it is empty)."""
+    return messages + [{"role": "assistant", "content": prefill}] if prefill else messages
 
 
 def render_completion(tokenizer: PreTrainedTokenizerBase, messages: list[Message],
@@ -68,9 +73,8 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
     """
     dialogue, prefill = split_prefill(messages)
     msgs = [dict(m) for m in dialogue]
-    tail = [{"role": "assistant", "content": prefill}] if prefill else []
     while True:
-        with_block = template.apply(msgs, targets) + tail
+        with_block = with_prefill(template.apply(msgs, targets), prefill)
         n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block))
         excess = n - max_prompt_tokens
         if excess <= 0:
