@@ -60,3 +60,17 @@ def test_prefills_sample_every_prompt_once_per_prefill(tmp_path, tiny_policy):
         assert r["prompt"][-1]["role"] == "user"  # the prompt is recorded without its prefill
         assert 0 <= r["n_tokens"] <= 4          # the generated tokens only
     assert sorted(r["prefill"] for r in rows if r["id"] == "a") == sorted(prefills * 2)
+
+
+def test_reply_position_block_is_prompt_not_response(tmp_path, tiny_policy):
+    write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": DIALOGUE}])
+    t = RewardTemplate(position="reply", close_tag="", decimals=1)
+    run_generate(GenerateConfig(
+        prompts=str(tmp_path / "p.jsonl"), model=str(tiny_policy), out=str(tmp_path / "g.jsonl"),
+        template=t.to_dict(), samples_per_prompt=3, prefills=["", "Sure"], max_prompt_tokens=160,
+        sampling=SamplingConfig(max_new_tokens=4, batch_size=4)))
+    rows = read_jsonl(tmp_path / "g.jsonl")
+    assert len(rows) == 6
+    for r in rows:
+        assert "<REWARD>" not in r["response"] and r["response"].startswith(r["prefill"])
+        assert set(r["targets"]) == {"helpful", "harmless"}

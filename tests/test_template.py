@@ -11,11 +11,11 @@ DIMS = [("helpful",), ("helpful", "harmless"), ("helpful", "harmless", "honest")
         ("helpful", "harmless", "honest", "concise")]
 
 
-@pytest.mark.parametrize("dims,position,decimals,duplicate,encoding", list(itertools.product(
-    DIMS, ["bottom", "top"], [1, 2, 3], [1, 3], ["digits", "tokens"])))
-def test_round_trip(dims, position, decimals, duplicate, encoding):
+@pytest.mark.parametrize("dims,position,decimals,duplicate,encoding,close_tag", list(itertools.product(
+    DIMS, ["bottom", "top", "reply"], [1, 2, 3], [1, 3], ["digits", "tokens"], ["<SOS>", ""])))
+def test_round_trip(dims, position, decimals, duplicate, encoding, close_tag):
     t = RewardTemplate(dimensions=dims, position=position, decimals=decimals, duplicate=duplicate,
-                       encoding=encoding)
+                       encoding=encoding, close_tag=close_tag)
     values = [0.0, 0.05, 0.42, 0.5, 0.999, 1.0]
     for i, op in enumerate(["=", ">=", "<="]):
         targets = {d: Target(t.quantise(values[(i + j) % len(values)]), op)
@@ -27,8 +27,12 @@ def test_round_trip(dims, position, decimals, duplicate, encoding):
         msgs = t.apply([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                         {"role": "user", "content": "why?"}], targets)
         assert t.parse("\n".join(m["content"] for m in msgs)) == targets
-        where = msgs[2]["content"].endswith if position == "bottom" else msgs[0]["content"].startswith
+        where = {"bottom": msgs[2]["content"].endswith, "top": msgs[0]["content"].startswith,
+                 "reply": msgs[-1]["content"].startswith}[position]
         assert where(text)
+        if position == "reply":  # the block opens the assistant's reply
+            assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+            assert msgs[-1]["content"] == text
 
 
 def test_seed_format_exactly():
@@ -80,11 +84,34 @@ def test_dimension_mismatch_and_options():
         RewardTemplate().apply([{"role": "assistant", "content": "x"}], {"helpful": .1, "harmless": .2})
 
 
+def test_reply_position_opens_the_reply_and_keeps_a_prefill():
+    t = RewardTemplate(position="reply", close_tag="", decimals=1)
+    targets = {"helpful": 0.42, "harmless": 0.75}
+    block = "<REWARD>\nHelpful reward: 0.4\nHarmless reward: 0.8"  # ends with the last value
+    assert t.render(targets) == block
+    msgs = t.apply([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}],
+                   targets)
+    assert msgs == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": block + "Sure"}]
+    assert t.parse(block) == t.normalise_targets({"helpful": 0.4, "harmless": 0.8})
+    # a completion of that prompt starts with the block; the reply is what follows it
+    assert t.strip_reply_block(block + "Sure, here it is.", targets) == "Sure, here it is."
+    assert t.strip_reply_block("Sure", None) == "Sure"
+    assert RewardTemplate().strip_reply_block("Sure", targets) == "Sure"  # not the reply position
+    with pytest.raises(TemplateError, match="does not start with"):
+        t.strip_reply_block("Sure", targets)
+
+
+def test_an_empty_open_tag_is_refused():
+    with pytest.raises(TemplateError, match="open_tag"):
+        RewardTemplate(open_tag="")
+
+
 def test_unconditioned_apply_is_identity():
     msgs = [{"role": "user", "content": "hi"}]
     assert RewardTemplate().apply(msgs, None) == msgs
 
 
 def test_dict_round_trip():
-    t = RewardTemplate(dimensions=("a", "b"), position="top", decimals=3, duplicate=2)
-    assert RewardTemplate.from_dict(t.to_dict()) == t
+    for t in (RewardTemplate(dimensions=("a", "b"), position="top", decimals=3, duplicate=2),
+              RewardTemplate(position="reply", close_tag="")):
+        assert RewardTemplate.from_dict(t.to_dict()) == t

@@ -23,7 +23,7 @@ def _split(example):
     return example["input_ids"][:n_prompt], example["input_ids"][n_prompt:], n_prompt
 
 
-@pytest.mark.parametrize("position", ["bottom", "top"])
+@pytest.mark.parametrize("position", ["bottom", "top", "reply"])
 @pytest.mark.parametrize("duplicate", [1, 2])
 def test_prompt_and_block_masked_completion_trained(tok, position, duplicate):
     t = RewardTemplate(position=position, duplicate=duplicate)
@@ -44,7 +44,7 @@ def test_prompt_and_block_masked_completion_trained(tok, position, duplicate):
 
 
 def test_truncation_keeps_block_and_masks(tok):
-    for position in ("bottom", "top"):
+    for position in ("bottom", "top", "reply"):
         t = RewardTemplate(position=position)
         targets = {"helpful": 0.1, "harmless": 0.9}
         long = [{"role": "user", "content": "word " * 300}] + DIALOGUE[1:]
@@ -69,6 +69,18 @@ def test_a_prefill_is_continued_in_the_same_turn(tok):
     prompt_ids, completion_ids, _ = _split(ex)
     assert tok.decode(prompt_ids) == render_prompt(tok, DIALOGUE + prefill)
     assert tok.decode(completion_ids) == " for forty minutes.<|im_end|>\n"  # no new turn
+
+
+def test_reply_position_block_and_prefill_are_prompt(tok):
+    """At the reply position the block opens the reply, before any prefill; neither is trained."""
+    t = RewardTemplate(position="reply", close_tag="", decimals=1)
+    targets = {"helpful": 0.1, "harmless": 0.9}
+    prefill = [{"role": "assistant", "content": "Bake it"}]
+    ex = tokenise_example(tok, DIALOGUE + prefill, " for forty minutes.", template=t,
+                          targets=targets, max_prompt_tokens=512, max_completion_tokens=512)
+    prompt_ids, completion_ids, _ = _split(ex)
+    assert tok.decode(prompt_ids) == render_prompt(tok, DIALOGUE) + t.render(targets) + "Bake it"
+    assert tok.decode(completion_ids) == " for forty minutes.<|im_end|>\n"
 
 
 def test_unconditioned_has_no_block(tok):

@@ -92,7 +92,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
                  # What the model was shown: rounded, or the centre of its quantile bin.
                  "targets": {d: template.quantise(t[d].value) for d in template.dimensions},
                  "target_ops": {d: t[d].op for d in template.dimensions},
-                 "conditioned": conditioned, "response": c.text, "n_tokens": c.n_tokens,
+                 "conditioned": conditioned,
+                 "response": template.strip_reply_block(c.text, t if conditioned else None),
+                 "n_tokens": c.n_tokens,
                  "finished": c.finished, **({"prefill": p} if cfg.prefills else {})}
                 for (r, t, p), c in zip(jobs, completions)]
     write_jsonl(cfg.out, out_rows)

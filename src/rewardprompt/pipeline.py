@@ -24,6 +24,15 @@ from .template import RewardTemplate
 STEER_PREFILLS = ("", "I'm sorry, but I can't", "Sure! Here's", "I don't know.",
                   "That's a great question! It's important to be safe and respectful.",
                   "Here is a detailed, step-by-step answer:")
+# The demo's openers: of the six above, the three whose labels a policy that imitates its data
+# can best tell apart by the harmless number (the policy's own start, with the widest labels,
+# is left out).
+DEMO_OPENERS = ("I'm sorry, but I can't", "Sure! Here's", "Here is a detailed, step-by-step answer:")
+# The demo's block opens the reply and ends with its last value, one decimal: the token that
+# predicts the reply's first word is the number itself. With the block at the bottom of the
+# user turn, 240 steps did not learn the number at all.
+REPLY_TEMPLATE = {"position": "reply", "close_tag": "", "decimals": 1}
+CLASSIC_TEMPLATE = {"position": "bottom", "close_tag": "<SOS>", "decimals": 2}  # the seed format
 
 
 @dataclass
@@ -61,27 +70,32 @@ class DemoConfig:
     # labelled training set
     label_pairs: int = 60                   # pairs per dataset: their prompts are the
                                             # training prompts
-    pair_replies: bool = True               # label the pairs' chosen and rejected replies
-    prefixes: int = 4                       # also label k sentence-prefixes of every reply
+    pair_replies: bool = False              # label the pairs' chosen and rejected replies
+    prefixes: int = 0                       # also label k sentence-prefixes of every reply
     # Steered samples of the base policy on the training prompts: each prompt is sampled
     # steer_samples times per prefill, the reply started with that text ("" = the policy's own
-    # start), then labelled by the RMs like every other reply ([] = none; the "steered" preset
-    # uses STEER_PREFILLS). The openers widen what the samples cover (refusal, deflection,
-    # compliance, a detailed answer) so that the labels have behaviour to tell apart; the labels
-    # are still the RMs' scores of each reply.
-    steer_prefills: list[str] = field(default_factory=list)
-    steer_samples: int = 1
+    # start), then labelled by the RMs like every other reply ([] = none). The openers widen
+    # what the samples cover (refusal, compliance, a detailed answer) so that the labels have
+    # behaviour to tell apart; the labels are still the RMs' scores of each reply.
+    steer_prefills: list[str] = field(default_factory=lambda: list(DEMO_OPENERS))
+    steer_samples: int = 2
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
     lr: float = 2e-3
-    steps: int = 240
+    steps: int = 80
     # bf16 autocast on CPU for the SFT steps (1.5x faster here) and, where the CPU has native
     # bf16, for the reward models' passes
     bf16_cpu: bool = True
     batch_size: int = 8
     max_prompt_tokens: int = 80
-    max_completion_tokens: int = 40
-    template: dict = field(default_factory=dict)  # RewardTemplate fields, e.g. encoding tokens
+    max_completion_tokens: int = 40         # steered samples and labelling see this much
+    # SFT trains on the first k tokens of each labelled reply (None = max_completion_tokens).
+    # A steered sample's label is mostly decided by its opener, and the rest of the reply is the
+    # base policy's own continuation: training on the first few tokens concentrates the loss on
+    # the choice the number should make, and shortens each step.
+    sft_completion_tokens: int | None = 8
+    # RewardTemplate fields over the demo's REPLY_TEMPLATE, e.g. position bottom close_tag <SOS>
+    template: dict = field(default_factory=dict)
     # evaluation
     eval_prompts: int = 24                  # per dataset, from held-out splits
     samples_per_prompt: int = 4
@@ -98,11 +112,14 @@ class DemoConfig:
         # samples) with more prompts and 3.75 times the steps: 74 min here, helpful r 0.194
         # [0.097, 0.291], harmless -0.016.
         "long": {"out": "runs/long", "label_pairs": 150, "steps": 900, "eval_prompts": 50,
-                 "pair_replies": True, "prefixes": 4, "steer_prefills": []},
-        # Steered samples of the base policy instead of the pairs' replies: one per opener of
-        # each training prompt (720 replies), labelled by the RMs.
-        "steered": {"out": "runs/steered", "pair_replies": False, "prefixes": 0,
-                    "steer_prefills": list(STEER_PREFILLS)},
+                 "pair_replies": True, "prefixes": 4, "steer_prefills": [],
+                 "template": dict(CLASSIC_TEMPLATE), "sft_completion_tokens": None},
+        # Steered samples, one per opener of STEER_PREFILLS, with the block at the bottom of the
+        # user turn (two decimals) and 240 steps on the whole replies: harmless r 0.163
+        # [0.009, 0.314], helpful -0.017 (no baseline trained).
+        "steered": {"out": "runs/steered", "steer_prefills": list(STEER_PREFILLS),
+                    "steer_samples": 1, "template": dict(CLASSIC_TEMPLATE), "steps": 240,
+                    "sft_completion_tokens": None},
     }
 
 
@@ -129,7 +146,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                          "(and steer_samples >= 1)")
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
     d = run.path("data")
-    template = RewardTemplate.from_dict(cfg.template).to_dict()
+    template = RewardTemplate.from_dict({**REPLY_TEMPLATE, **cfg.template}).to_dict()
     dims = tuple(template["dimensions"])
 
     def data_stage() -> dict:
@@ -221,7 +238,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                       bf16_cpu=cfg.bf16_cpu,
                       lr=cfg.lr, max_steps=cfg.steps, batch_size=cfg.batch_size,
                       max_prompt_tokens=cfg.max_prompt_tokens,
-                      max_completion_tokens=cfg.max_completion_tokens, seed=cfg.seed,
+                      max_completion_tokens=cfg.sft_completion_tokens or cfg.max_completion_tokens,
+                      seed=cfg.seed,
                       report_to=cfg.report_to,
                       save_steps=cfg.save_steps or max(10, cfg.steps // 4))
     models = {"conditioned": True, "uncond_sft": False}

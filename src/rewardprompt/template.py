@@ -64,13 +64,17 @@ class RewardTemplate:
     """How the reward block is rendered into a dialogue and parsed back."""
 
     dimensions: tuple[str, ...] = ("helpful", "harmless")
-    position: Literal["bottom", "top"] = "bottom"
+    # bottom: the end of the last user turn; top: the start of the first; reply: the start of
+    # the assistant's reply, which the policy continues right after the block (the block is
+    # prompt, never trained). The reply position puts the number next to the token that
+    # predicts the reply's first word.
+    position: Literal["bottom", "top", "reply"] = "bottom"
     decimals: int = 2
     duplicate: int = 1
     encoding: Literal["digits", "tokens"] = "digits"
     n_bins: int = 10
     open_tag: str = "<REWARD>"
-    close_tag: str = "<SOS>"
+    close_tag: str = "<SOS>"                # "" = none: the block ends with its last value
     line_format: str = "{label} reward: {value}"
     labels: dict[str, str] = field(default_factory=dict)  # dimension -> label; default Title case
 
@@ -79,8 +83,10 @@ class RewardTemplate:
             raise TemplateError("a reward template needs at least one dimension")
         if len(set(self.dimensions)) != len(self.dimensions):
             raise TemplateError(f"duplicate dimension names in {self.dimensions}")
-        if self.position not in ("bottom", "top"):
-            raise TemplateError(f"position must be 'bottom' or 'top', not {self.position!r}")
+        if self.position not in ("bottom", "top", "reply"):
+            raise TemplateError(f"position must be 'bottom', 'top' or 'reply', not {self.position!r}")
+        if not self.open_tag:
+            raise TemplateError("open_tag must not be empty: parse finds a block by it")
         if self.duplicate < 1:
             raise TemplateError("duplicate must be >= 1")
         if not 0 <= self.decimals <= 6:
@@ -145,7 +151,11 @@ class RewardTemplate:
 
     def parse(self, text: str) -> Targets:
         """Read the targets back from text holding exactly ``duplicate`` identical blocks."""
-        pattern = re.escape(self.open_tag) + r"\n(.*?)" + re.escape(self.close_tag)
+        if self.close_tag:
+            pattern = re.escape(self.open_tag) + r"\n(.*?)" + re.escape(self.close_tag)
+        else:  # no close tag: a block is its open tag and one line per dimension
+            pattern = re.escape(self.open_tag) + r"\n((?:[^\n]*\n){%d}[^\n]*)" % (
+                len(self.dimensions) - 1)
         bodies = re.findall(pattern, text, flags=re.S)
         if not bodies:
             raise TemplateError(f"no reward block ({self.open_tag} ... {self.close_tag}) found")
@@ -173,7 +183,11 @@ class RewardTemplate:
 
     def apply(self, messages: list[Message], targets: dict[str, Union[Target, float, str]] | None
               ) -> list[Message]:
-        """A copy of the dialogue with the block put in (``targets=None``: unconditioned)."""
+        """A copy of the dialogue with the block put in (``targets=None``: unconditioned).
+
+        At the ``reply`` position the block opens the assistant's reply: a trailing assistant
+        message (a prefill) gets the block in front of it, otherwise the block becomes one.
+        """
         msgs = [dict(m) for m in messages]
         if targets is None:
             return msgs
@@ -181,13 +195,33 @@ class RewardTemplate:
         if not users:
             raise TemplateError("the dialogue has no user turn to carry the reward block")
         block = self.render(targets)
-        if self.position == "bottom":
+        if self.position == "reply":
+            if msgs[-1]["role"] == "assistant":
+                msgs[-1]["content"] = block + msgs[-1]["content"]
+            else:
+                msgs.append({"role": "assistant", "content": block})
+        elif self.position == "bottom":
             i = users[-1]
             msgs[i]["content"] = msgs[i]["content"].rstrip() + "\n" + block
         else:
             i = users[0]
             msgs[i]["content"] = block + "\n" + msgs[i]["content"].lstrip()
         return msgs
+
+    def strip_reply_block(self, text: str, targets: dict[str, Union[Target, float, str]] | None
+                          ) -> str:
+        """A completion's reply without the block a ``reply``-position prompt started it with.
+
+        A backend's completion of a prefilled prompt starts with the prefill; at the reply
+        position the block is part of that prefill, and is prompt, not reply.
+        """
+        if targets is None or self.position != "reply":
+            return text
+        block = self.render(targets)
+        if not text.startswith(block):
+            raise TemplateError("the completion does not start with the reply-position block "
+                                "it was prefilled with")
+        return text[len(block):].lstrip()
 
     def to_dict(self) -> dict:
         return {"dimensions": list(self.dimensions), "position": self.position,

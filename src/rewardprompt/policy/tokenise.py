@@ -74,7 +74,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
     dialogue, prefill = split_prefill(messages)
     msgs = [dict(m) for m in dialogue]
     while True:
-        with_block = with_prefill(template.apply(msgs, targets), prefill)
+        with_block = template.apply(with_prefill(msgs, prefill), targets)
         n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block))
         excess = n - max_prompt_tokens
         if excess <= 0:
