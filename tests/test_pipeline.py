@@ -28,7 +28,7 @@ def demo_args(out: Path, policy: Path) -> list[str]:
             "--eval-prompts", "4", "--samples-per-prompt", "2",
             # the pairs' replies and steered samples of the policy (every opener of the
             # steered preset), both labelled
-            "--steer-prefills", *STEER_PREFILLS,
+            "--pair-replies", "--steer-prefills", *STEER_PREFILLS, "--steer-samples", "1",
             "--sampling.max-new-tokens", "8", "--n-boot", "50"]
 
 
@@ -89,6 +89,11 @@ def test_every_stage_and_outputs(clean_run):
     base = [json.loads(l) for l in (clean_run / "generate/uncond_sft.jsonl").open()]
     assert [r["targets"] for r in cond] == [r["targets"] for r in base]
     assert all(r["conditioned"] for r in cond) and not any(r["conditioned"] for r in base)
+    # the demo's block opens the reply: it is prompt, never part of a recorded response
+    assert not any("<REWARD>" in r["response"] for r in cond)
+    cond_meta = json.loads((clean_run / "sft/conditioned/final/rewardprompt.json").read_text())
+    assert cond_meta["template"]["position"] == "reply" and cond_meta["template"]["close_tag"] == ""
+    assert cond_meta["max_completion_tokens"] == 8  # SFT on the first 8 reply tokens
     # the policy's training replies: the base policy's samples, started by each steering opener
     labelled = [json.loads(l) for l in (clean_run / "label/train.jsonl").open()]
     steered = [r for r in labelled if r["source"].startswith("policy")]

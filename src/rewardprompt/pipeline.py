@@ -68,7 +68,7 @@ class DemoConfig:
     test_rm: bool = True
     test_rm_family: str | None = None
     # labelled training set
-    label_pairs: int = 60                   # pairs per dataset: their prompts are the
+    label_pairs: int = 40                   # pairs per dataset: their prompts are the
                                             # training prompts
     pair_replies: bool = False              # label the pairs' chosen and rejected replies
     prefixes: int = 0                       # also label k sentence-prefixes of every reply
@@ -82,7 +82,7 @@ class DemoConfig:
     # policy fine-tuning (the same for the conditioned policy and the unconditioned baseline)
     lora: bool = True
     lr: float = 2e-3
-    steps: int = 80
+    steps: int = 50
     # bf16 autocast on CPU for the SFT steps (1.5x faster here) and, where the CPU has native
     # bf16, for the reward models' passes
     bf16_cpu: bool = True
@@ -108,12 +108,16 @@ class DemoConfig:
 
     PRESETS = {
         "default": {},
+        # The default recipe with 60 pairs per dataset (720 steered replies) and 80 steps:
+        # 34.8 min here on 2026-12-01, harmless r 0.552 [0.428, 0.654] (baseline -0.017
+        # [-0.148, 0.107]), helpful 0.052.
+        "long": {"out": "runs/long", "label_pairs": 60, "steps": 80},
         # The earlier recipe (the pairs' replies and their sentence-prefixes, no steered
-        # samples) with more prompts and 3.75 times the steps: 74 min here, helpful r 0.194
-        # [0.097, 0.291], harmless -0.016.
-        "long": {"out": "runs/long", "label_pairs": 150, "steps": 900, "eval_prompts": 50,
-                 "pair_replies": True, "prefixes": 4, "steer_prefills": [],
-                 "template": dict(CLASSIC_TEMPLATE), "sft_completion_tokens": None},
+        # samples, the block at the bottom) with 150 pairs and 900 steps: 74 min here, helpful
+        # r 0.194 [0.097, 0.291], harmless -0.016.
+        "pairs": {"out": "runs/pairs", "label_pairs": 150, "steps": 900, "eval_prompts": 50,
+                  "pair_replies": True, "prefixes": 4, "steer_prefills": [],
+                  "template": dict(CLASSIC_TEMPLATE), "sft_completion_tokens": None},
         # Steered samples, one per opener of STEER_PREFILLS, with the block at the bottom of the
         # user turn (two decimals) and 240 steps on the whole replies: harmless r 0.163
         # [0.009, 0.314], helpful -0.017 (no baseline trained).
