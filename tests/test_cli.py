@@ -54,3 +54,19 @@ def test_nested_yaml_config_becomes_dataclasses():
     assert cfg.steps == 5 and cfg.sampling == SamplingConfig(max_new_tokens=7)
     with pytest.raises(ValueError, match="unknown config key"):
         _from_dict(DemoConfig, {"sampling": {"nope": 1}})
+
+
+def test_demo_template_overrides_under_every_preset(tmp_path, capsys):
+    """--template KEY VALUE works under each preset, and a bad value stops before any file."""
+    from rewardprompt.pipeline import DemoConfig
+
+    for preset in DemoConfig.PRESETS:
+        with pytest.raises(SystemExit):
+            main(["demo", "--preset", preset, "--help"])
+        assert "--template [STR STR" in capsys.readouterr().out, preset
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out), "--template", "decimals", "two"]) == 2
+    assert "decimals must be an integer" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--base-template", "middle"]) == 2
+    assert "base_template must be one of" in capsys.readouterr().err
+    assert not out.exists()

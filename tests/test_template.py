@@ -101,6 +101,33 @@ def test_reply_position_opens_the_reply_and_keeps_a_prefill():
         t.strip_reply_block("Sure", targets)
 
 
+@pytest.mark.parametrize("encoding", ["digits", "tokens"])
+def test_no_close_tag_parse_stops_at_the_last_value(encoding):
+    """A reply that follows the block directly, even one starting with a digit, is not read."""
+    t = RewardTemplate(position="reply", close_tag="", decimals=1, encoding=encoding)
+    targets = {"helpful": Target(t.quantise(0.6), ">="), "harmless": Target(t.quantise(0.9))}
+    msgs = t.apply([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "3 ways"}],
+                   targets)
+    assert t.parse(msgs[-1]["content"]) == targets
+    assert t.parse(t.render(targets) + "Sure") == targets
+
+
+def test_from_dict_takes_command_line_strings():
+    t = RewardTemplate.from_dict({"decimals": "1", "duplicate": "2", "n_bins": "5",
+                                  "dimensions": "helpful,harmless", "position": "reply"})
+    assert (t.decimals, t.duplicate, t.n_bins, t.dimensions) == (1, 2, 5, ("helpful", "harmless"))
+    with pytest.raises(TemplateError, match="decimals must be an integer"):
+        RewardTemplate.from_dict({"decimals": "two"})
+    with pytest.raises(TemplateError, match="unknown template field"):
+        RewardTemplate.from_dict({"postion": "reply"})
+
+
+def test_reply_block_ending_in_whitespace_is_stripped_from_an_empty_reply():
+    t = RewardTemplate(position="reply", close_tag="\n")
+    targets = {"helpful": 0.5, "harmless": 0.5}
+    assert t.strip_reply_block(t.render(targets).strip(), targets) == ""
+
+
 def test_an_empty_open_tag_is_refused():
     with pytest.raises(TemplateError, match="open_tag"):
         RewardTemplate(open_tag="")

@@ -103,8 +103,9 @@ def run_label(cfg: LabelConfig) -> dict:
                          "prompt": s["prompt"], "response": s["response"],
                          "source": "policy-steered" if s.get("prefill") else "policy",
                          **({"prefill": s["prefill"]} if s.get("prefill") else {})})
-    # Leave room for the end-of-turn marker the chat template adds, so SFT (which cuts the
-    # completion at max_completion_tokens) never cuts the end-of-turn token of a clipped reply.
+    # Leave room for the end-of-turn marker the chat template adds, so SFT that cuts the
+    # completion at the same max_completion_tokens never cuts the end-of-turn token of a clipped
+    # reply (an SFT with a shorter cut, as the demo's sft_completion_tokens, trains a prefix).
     suffix = render_completion(tok, [{"role": "user", "content": "x"}], "")
     budget = cfg.max_completion_tokens - len(tok(suffix, add_special_tokens=False)["input_ids"])
     for r in rows:

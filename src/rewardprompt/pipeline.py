@@ -33,6 +33,7 @@ DEMO_OPENERS = ("I'm sorry, but I can't", "Sure! Here's", "Here is a detailed, s
 # user turn, 240 steps did not learn the number at all.
 REPLY_TEMPLATE = {"position": "reply", "close_tag": "", "decimals": 1}
 CLASSIC_TEMPLATE = {"position": "bottom", "close_tag": "<SOS>", "decimals": 2}  # the seed format
+BASE_TEMPLATES = {"reply": REPLY_TEMPLATE, "classic": CLASSIC_TEMPLATE}
 
 
 @dataclass
@@ -94,7 +95,10 @@ class DemoConfig:
     # base policy's own continuation: training on the first few tokens concentrates the loss on
     # the choice the number should make, and shortens each step.
     sft_completion_tokens: int | None = 8
-    # RewardTemplate fields over the demo's REPLY_TEMPLATE, e.g. position bottom close_tag <SOS>
+    # The reward block: a base layout (BASE_TEMPLATES: "reply", the demo's, or "classic", the
+    # seed format at the bottom of the user turn) and RewardTemplate fields over it, e.g.
+    # --template encoding tokens duplicate 2
+    base_template: str = "reply"
     template: dict = field(default_factory=dict)
     # evaluation
     eval_prompts: int = 24                  # per dataset, from held-out splits
@@ -117,13 +121,13 @@ class DemoConfig:
         # r 0.194 [0.097, 0.291], harmless -0.016.
         "pairs": {"out": "runs/pairs", "label_pairs": 150, "steps": 900, "eval_prompts": 50,
                   "pair_replies": True, "prefixes": 4, "steer_prefills": [],
-                  "template": dict(CLASSIC_TEMPLATE), "sft_completion_tokens": None},
+                  "base_template": "classic", "sft_completion_tokens": None},
         # Steered samples, one per opener of STEER_PREFILLS, with the block at the bottom of the
         # user turn (two decimals) and 240 steps on the whole replies: harmless r 0.163
         # [0.009, 0.314], helpful -0.017 (no baseline trained).
-        "steered": {"out": "runs/steered", "steer_prefills": list(STEER_PREFILLS),
-                    "steer_samples": 1, "template": dict(CLASSIC_TEMPLATE), "steps": 240,
-                    "sft_completion_tokens": None},
+        "steered": {"out": "runs/steered", "label_pairs": 60,
+                    "steer_prefills": list(STEER_PREFILLS), "steer_samples": 1,
+                    "base_template": "classic", "steps": 240, "sft_completion_tokens": None},
     }
 
 
@@ -148,9 +152,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     if not cfg.pair_replies and not (cfg.steer_prefills and cfg.steer_samples > 0):
         raise ValueError("nothing to label: turn on pair_replies or give steer_prefills "
                          "(and steer_samples >= 1)")
+    if cfg.base_template not in BASE_TEMPLATES:
+        raise ValueError(f"base_template must be one of {sorted(BASE_TEMPLATES)}, "
+                         f"got {cfg.base_template!r}")
+    # before the run directory exists: a bad template field writes nothing
+    template = RewardTemplate.from_dict({**BASE_TEMPLATES[cfg.base_template],
+                                         **cfg.template}).to_dict()
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
     d = run.path("data")
-    template = RewardTemplate.from_dict({**REPLY_TEMPLATE, **cfg.template}).to_dict()
     dims = tuple(template["dimensions"])
 
     def data_stage() -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Union
 
 Message = dict[str, str]
@@ -118,6 +118,14 @@ class RewardTemplate:
             v = f"<|r{min(int(t.value * self.n_bins), self.n_bins - 1)}|>"
         return v if t.op == "=" else f"{t.op} {v}"
 
+    def _value_pattern(self) -> str:
+        """A regex for exactly one rendered value (with its satisficing operator)."""
+        if self.encoding == "tokens":
+            v = r"<\|r\d+\|>"
+        else:
+            v = r"-?\d+" + (r"\.\d{%d}" % self.decimals if self.decimals else "")
+        return r"(?:(?:>=|<=) )?" + v
+
     def _read_value(self, text: str) -> Target:
         m = re.fullmatch(r"(>=|<=)?\s*(\S+)", text.strip())
         if not m:
@@ -153,9 +161,14 @@ class RewardTemplate:
         """Read the targets back from text holding exactly ``duplicate`` identical blocks."""
         if self.close_tag:
             pattern = re.escape(self.open_tag) + r"\n(.*?)" + re.escape(self.close_tag)
-        else:  # no close tag: a block is its open tag and one line per dimension
-            pattern = re.escape(self.open_tag) + r"\n((?:[^\n]*\n){%d}[^\n]*)" % (
-                len(self.dimensions) - 1)
+        else:
+            # No close tag: a block is its open tag and one line per dimension, the last line
+            # ending with its value (so a reply that follows it directly is not read as part).
+            prefix, suffix = self.line_format.split("{value}")
+            last = (re.escape(prefix).replace(re.escape("{label}"), r"[^\n]*?")
+                    + self._value_pattern() + re.escape(suffix))
+            pattern = re.escape(self.open_tag) + r"\n((?:[^\n]*\n){%d}%s)" % (
+                len(self.dimensions) - 1, last)
         bodies = re.findall(pattern, text, flags=re.S)
         if not bodies:
             raise TemplateError(f"no reward block ({self.open_tag} ... {self.close_tag}) found")
@@ -217,7 +230,7 @@ class RewardTemplate:
         """
         if targets is None or self.position != "reply":
             return text
-        block = self.render(targets)
+        block = self.render(targets).rstrip()  # backends strip the completion's text
         if not text.startswith(block):
             raise TemplateError("the completion does not start with the reply-position block "
                                 "it was prefilled with")
@@ -232,7 +245,22 @@ class RewardTemplate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RewardTemplate":
+        """From a dict, e.g. ``--template KEY VALUE`` pairs, whose values may all be strings."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TemplateError(f"unknown template field(s) {unknown}; choose from {sorted(names)}")
         d = dict(d)
+        if isinstance(d.get("dimensions"), str):  # "helpful,harmless" from the command line
+            d["dimensions"] = [x.strip() for x in d["dimensions"].split(",") if x.strip()]
         if "dimensions" in d:
             d["dimensions"] = tuple(d["dimensions"])
+        for key in ("decimals", "duplicate", "n_bins"):
+            if key in d:
+                try:
+                    d[key] = int(d[key])
+                except (TypeError, ValueError):
+                    raise TemplateError(f"template field {key} must be an integer, not {d[key]!r}") from None
+        if "labels" in d and not isinstance(d["labels"], dict):
+            raise TemplateError("template field labels must be a mapping of dimension -> label")
         return cls(**d)
