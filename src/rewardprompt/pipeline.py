@@ -32,8 +32,8 @@ DEMO_OPENERS = ("I'm sorry, but I can't", "Sure! Here's", "Here is a detailed, s
 # predicts the reply's first word is the number itself. With the block at the bottom of the
 # user turn, 240 steps did not learn the number at all.
 REPLY_TEMPLATE = {"position": "reply", "close_tag": "", "decimals": 1}
-CLASSIC_TEMPLATE = {"position": "bottom", "close_tag": "<SOS>", "decimals": 2}  # the seed format
-BASE_TEMPLATES = {"reply": REPLY_TEMPLATE, "classic": CLASSIC_TEMPLATE}
+# "classic" is RewardTemplate's own defaults: the seed format at the bottom of the user turn.
+BASE_TEMPLATES = {"reply": REPLY_TEMPLATE, "classic": {}}
 
 
 @dataclass
