@@ -16,9 +16,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 Message = dict[str, str]
+Position = Literal["bottom", "top", "reply"]
+Encoding = Literal["digits", "tokens"]
+
+
+def _one_of(kind: object) -> str:
+    """"'a', 'b' or 'c'": the values of a Literal, for an error message."""
+    names = [repr(x) for x in get_args(kind)]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class TemplateError(ValueError):
@@ -68,10 +76,10 @@ class RewardTemplate:
     # the assistant's reply, which the policy continues right after the block (the block is
     # prompt, never trained). The reply position puts the number next to the token that
     # predicts the reply's first word.
-    position: Literal["bottom", "top", "reply"] = "bottom"
+    position: Position = "bottom"
     decimals: int = 2
     duplicate: int = 1
-    encoding: Literal["digits", "tokens"] = "digits"
+    encoding: Encoding = "digits"
     n_bins: int = 10
     open_tag: str = "<REWARD>"
     close_tag: str = "<SOS>"                # "" = none: the block ends with its last value
@@ -83,16 +91,16 @@ class RewardTemplate:
             raise TemplateError("a reward template needs at least one dimension")
         if len(set(self.dimensions)) != len(self.dimensions):
             raise TemplateError(f"duplicate dimension names in {self.dimensions}")
-        if self.position not in ("bottom", "top", "reply"):
-            raise TemplateError(f"position must be 'bottom', 'top' or 'reply', not {self.position!r}")
+        if self.position not in get_args(Position):
+            raise TemplateError(f"position must be {_one_of(Position)}, not {self.position!r}")
         if not self.open_tag:
             raise TemplateError("open_tag must not be empty: parse finds a block by it")
         if self.duplicate < 1:
             raise TemplateError("duplicate must be >= 1")
         if not 0 <= self.decimals <= 6:
             raise TemplateError("decimals must be in 0..6")
-        if self.encoding not in ("digits", "tokens"):
-            raise TemplateError(f"encoding must be 'digits' or 'tokens', not {self.encoding!r}")
+        if self.encoding not in get_args(Encoding):
+            raise TemplateError(f"encoding must be {_one_of(Encoding)}, not {self.encoding!r}")
         if self.n_bins < 2:
             raise TemplateError("n_bins must be >= 2")
 
@@ -255,7 +263,7 @@ class RewardTemplate:
             d["dimensions"] = [x.strip() for x in d["dimensions"].split(",") if x.strip()]
         if "dimensions" in d:
             d["dimensions"] = tuple(d["dimensions"])
-        for key in ("decimals", "duplicate", "n_bins"):
+        for key in (f.name for f in fields(cls) if f.type == "int"):
             if key in d:
                 try:
                     d[key] = int(d[key])
