@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rewardprompt.evaluate.metrics import accuracy_ci, bootstrap_mean_ci, controllability
+from rewardprompt.evaluate.metrics import controllability
+from rewardprompt.stats import accuracy_ci, bootstrap_mean_ci
 
 
 def _data(n: int = 400, slope: float = 0.8, noise: float = 0.1, seed: int = 0):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewardprompt.evaluate.metrics import accuracy_ci, controllability
+from rewardprompt.evaluate.metrics import controllability
+from rewardprompt.stats import accuracy_ci
 from rewardprompt.report.html import build_report
 from rewardprompt.runs import atomic_write_json, write_jsonl
 

@@ -20,10 +20,10 @@ from rewardprompt.errors import DataError
 from rewardprompt.rewards.model import RewardEnsemble, RewardModel, prompt_context
 from rewardprompt.rewards.normaliser import EmpiricalCDFNormaliser
 from rewardprompt.rewards.scorer import Scorer, load_scorer
-from rewardprompt.rewards.train import (METRICS, RMEvalConfig, RMScoreConfig, RMTrainConfig,
-                                        _bt_loss, assign_half, bradley_terry_ece,
-                                        evaluate_reward_model, score_file, select_half,
-                                        train_reward_model)
+from rewardprompt.rewards.eval import RMEvalConfig, bradley_terry_ece, evaluate_reward_model
+from rewardprompt.rewards.score import RMScoreConfig, score_file
+from rewardprompt.rewards.train import (METRICS, RMTrainConfig, _bt_loss, assign_half,
+                                        select_half, train_reward_model)
 from rewardprompt.runs import read_jsonl, write_jsonl
 
 ADJ = ["red", "small", "old", "new", "quiet", "bright", "cold", "warm", "heavy", "soft", "fast",

@@ -81,7 +81,7 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from .policy.models import resolve_policy
+    from .models import resolve_policy
 
     path = resolve_policy(base) if cfg.family == "decoder" else base
     rows = _trl_conversational(pairs) if cfg.family == "decoder" else _trl_text(pairs, "last")
@@ -136,7 +136,7 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
 def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
     """Time both trainers ``repeats`` times on the same pairs; write and return the JSON."""
     from .data import load_preferences
-    from .policy.models import DEFAULT_POLICY
+    from .models import DEFAULT_POLICY
     from .rewards.model import FAMILIES, default_encoder_path
 
     if cfg.family not in FAMILIES:

@@ -44,10 +44,10 @@ def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[st
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
-    from .policy.models import load_tokenizer
-    from .policy.tokenise import fit_prompt, with_prefill
-
-    from .policy.sft import read_policy_meta
+    from .models import load_tokenizer
+    from .chat import with_prefill
+    from .policy.tokenise import fit_prompt
+    from .policy.meta import read_policy_meta
 
     meta = read_policy_meta(cfg.model)
     for key in ("template", "conditioned"):

@@ -79,7 +79,7 @@ def sentence_prefixes(text: str, k: int) -> list[str]:
 
 
 def run_label(cfg: LabelConfig) -> dict:
-    from .policy.models import load_tokenizer
+    from .models import load_tokenizer
     from .policy.tokenise import render_completion
 
     if not cfg.scorers:

@@ -142,9 +142,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .label import LabelConfig, run_label
     from .policy.sft import SFTConfig, run_sft
     from .report.html import build_report
-    from .rewards.elo import EloConfig, run_elo
+    from .evaluate.elo import EloConfig, run_elo
     from .rewards.model import FAMILIES
-    from .rewards.train import RMEvalConfig, RMTrainConfig, evaluate_reward_model, train_reward_model
+    from .rewards.eval import RMEvalConfig, evaluate_reward_model
+    from .rewards.train import RMTrainConfig, train_reward_model
 
     for name, family in (("rm_family", cfg.rm_family), ("test_rm_family", cfg.test_rm_family)):
         if family is not None and family not in FAMILIES:  # before minutes of training

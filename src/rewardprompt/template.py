@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Literal, Union, get_args
 
-Message = dict[str, str]
+from .chat import Message
 Position = Literal["bottom", "top", "reply"]
 Encoding = Literal["digits", "tokens"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-Message = dict[str, str]
+from ..chat import Message
 
 
 @dataclass

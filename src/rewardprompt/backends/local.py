@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..policy.models import load_policy, load_tokenizer
-from ..policy.tokenise import render_prompt, split_prefill
+from ..models import load_policy, load_tokenizer
+from ..chat import split_prefill
+from ..policy.tokenise import render_prompt
 from .base import Completion, Message, SamplingConfig
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from ..errors import DataError
 from ..runs import iter_jsonl_lines, parse_jsonl_line, write_jsonl
 from .hh import dialogue_to_text, parse_transcript
 
-Message = dict[str, str]
+from ..chat import Message
 ROLES = ("user", "assistant")
 
 _SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
@@ -247,6 +248,41 @@ def split_pairs(pairs: list[PreferencePair], test_fraction: float = 0.2,
     for p in pairs:
         (test if assign_split(p, test_fraction, salt) == "test" else train).append(p)
     return train, test
+
+
+def drop_identical(pairs: list[Any], source: str, drop: bool) -> tuple[list[Any], int]:
+    """Pairs whose chosen and rejected differ, and how many were dropped.
+
+    With ``drop=False`` the first identical pair raises a DataError naming the file, its line
+    (pairs come one per non-blank line, or one per row of a Hub dataset, when not skipping bad
+    rows) and its id.
+    """
+    same = [i for i, p in enumerate(pairs) if p.chosen == p.rejected]
+    if not same:
+        return pairs, 0
+    ids = [str(pairs[i].id) for i in same]
+    if not drop:
+        file, line = _locate(source, same[0])
+        raise DataError(f"pair id {ids[0]!r}: chosen and rejected are the same text, so the pair "
+                        f"states no preference ({len(same)} such pair(s) in all); pass "
+                        "drop_identical=True to skip them", file=file, line=line,
+                        field="rejected", code="identical_pair")
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    print(f"[rewardprompt] warning: {source}: skipped {len(same)} pair(s) whose chosen and "
+          f"rejected replies are identical (ids {shown})", file=sys.stderr, flush=True)
+    skip = set(same)
+    return [p for i, p in enumerate(pairs) if i not in skip], len(same)
+
+
+def _locate(source: str, index: int) -> tuple[str, int | None]:
+    """(file, line) of the ``index``-th pair loaded from ``source``, as the loader names them."""
+    path = SHIPPED.get(str(source)) or Path(str(source))
+    if not path.is_file():  # a Hub dataset: the loader numbers its rows from 1
+        return str(source), index + 1
+    for k, (line, _) in enumerate(iter_jsonl_lines(path)):
+        if k == index:
+            return str(path), line
+    return str(path), None
 
 
 # ---------------------------------------------------------------- the convert stage

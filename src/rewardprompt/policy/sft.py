@@ -18,7 +18,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 from ..device import pick_device
 from ..runs import atomic_write_json, publish_dir, read_jsonl
 from ..template import RewardTemplate
-from .models import load_policy, load_tokenizer
+from ..models import load_policy, load_tokenizer
+from .meta import read_policy_meta, write_policy_meta
 from .tokenise import PadCollator, tokenise_example
 
 
@@ -49,17 +50,6 @@ class SFTConfig:
     seed: int = 0
     report_to: str = "none"                    # "tensorboard", "wandb", ...
     bf16_cpu: bool = False                     # bf16 autocast on CPU (faster here, less exact)
-
-
-POLICY_META = "rewardprompt.json"
-
-
-def read_policy_meta(model: str) -> dict:
-    """The template and conditioning a policy folder was fine-tuned with ({} if not ours)."""
-    from ..runs import read_json
-
-    path = Path(model) / POLICY_META
-    return read_json(path) if path.exists() else {}
 
 
 class LabelledDataset(Dataset):
@@ -170,7 +160,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / "sft_metrics.json", metrics)
     # What the model was trained to read, so that sampling shows it the same block.
-    atomic_write_json(tmp / POLICY_META, {"config": cfg, "template": template.to_dict(),
+    write_policy_meta(tmp, {"config": cfg, "template": template.to_dict(),
                                           "conditioned": cfg.conditioned,
                                           "max_prompt_tokens": cfg.max_prompt_tokens,
                                           "max_completion_tokens": cfg.max_completion_tokens})

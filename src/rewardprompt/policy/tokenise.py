@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..chat import Message, split_prefill, with_prefill
 from ..template import RewardTemplate, Targets
-
-Message = dict[str, str]
 IGNORE = -100
 
 
@@ -29,18 +28,6 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -
     if split_prefill(messages)[1]:
         return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def split_prefill(messages: list[Message]) -> tuple[list[Message], str]:
-    """``(dialogue, prefill)``: a trailing assistant message is the start of the reply."""
-    if messages and messages[-1]["role"] == "assistant":
-        return messages[:-1], messages[-1]["content"]
-    return messages, ""
-
-
-def with_prefill(messages: list[Message], prefill: str) -> list[Message]:
-    """The dialogue with its reply started by ``prefill`` (unchanged when it is empty)."""
-    return messages + [{"role": "assistant", "content": prefill}] if prefill else messages
 
 
 def render_completion(tokenizer: PreTrainedTokenizerBase, messages: list[Message],

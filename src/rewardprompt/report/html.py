@@ -308,7 +308,7 @@ def _examples(scores: list[dict] | None, dims: list[str], why: str) -> str:
 def _elo(result: dict | None, why: str) -> str:
     if result is None:
         return _na("Elo ratings (elo.json)", why)
-    from ..rewards.elo import elo_figure
+    from ..evaluate.elo import elo_figure
 
     rows = [[_e(m["model"]), _with_ci(m, "elo", "elo_ci_low", "elo_ci_high"),
              _with_ci(m, "bt", "bt_ci_low", "bt_ci_high"),

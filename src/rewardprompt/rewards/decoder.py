@@ -119,7 +119,7 @@ class DecoderRewardModel(BaseRewardModel):
                   pooling: str = "last") -> DecoderRewardModel:
         """A fresh reward model on a pretrained causal LM (default: the shipped SmolLM2), cut to
         its first ``layers`` blocks when ``layers`` > 0."""
-        from ..policy.models import DEFAULT_POLICY, load_tokenizer, resolve_policy
+        from ..models import DEFAULT_POLICY, load_tokenizer, resolve_policy
 
         base = str(name_or_path) if name_or_path else DEFAULT_POLICY
         path = resolve_policy(base)

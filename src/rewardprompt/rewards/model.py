@@ -52,7 +52,7 @@ from ..device import cpu_has_fast_bf16, pick_device
 from ..runs import atomic_write_json, read_json
 from .normaliser import EmpiricalCDFNormaliser, finite_scores
 
-Message = dict[str, str]
+from ..chat import Message
 Prompt = Sequence[Message] | str
 
 RM_CONFIG = "rm_config.json"

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-Message = dict[str, str]
+from ..chat import Message
 
 
 @runtime_checkable

@@ -1,31 +1,20 @@
-"""Train, evaluate and apply pairwise reward models.
+"""The ``rm train`` stage: pairwise (Bradley-Terry) reward-model training.
 
-Three stages, each a config dataclass and an entry function:
-
-* ``train_reward_model(RMTrainConfig)``: Bradley-Terry training, ``-logsigmoid(r_chosen -
-  r_rejected - margin)``, on the train part of the hash split (optionally one half of it, for an
-  independent held-out "test" reward model; optionally an ensemble of k seeds); fits the score
-  normaliser on the raw scores of every training response; reports held-out accuracy; saves the
-  model folder atomically.
-* ``evaluate_reward_model(RMEvalConfig)``: pairwise accuracy with a bootstrap CI, the calibration
-  (ECE) of the Bradley-Terry probability, mean rewards of chosen and rejected replies and an
-  optional figure of their distributions, on any preference source.
-* ``score_file(RMScoreConfig)``: add ``reward`` and ``reward_raw`` to a JSONL of responses.
-
-Pairs whose chosen and rejected replies are the same text state no preference (the shipped
-UltraFeedback training file holds 4): training and evaluation skip and count them by default
-(``drop_identical``), or raise a ``DataError`` naming the pair.
+``train_reward_model(RMTrainConfig)`` trains with ``-logsigmoid(r_chosen - r_rejected - margin)``
+on the train part of the hash split (optionally one half of it, for an independent held-out
+"test" reward model; optionally an ensemble of k seeds), fits the score normaliser on the raw
+scores of every training response, reports held-out accuracy (``rewards.eval``) and saves the
+model folder atomically. Pairs whose chosen and rejected replies are the same text state no
+preference: they are skipped and counted by default (``drop_identical``), or raise a
+``DataError`` naming the pair.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import math
 import random
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -40,37 +29,24 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from ..data import drop_identical
 from ..errors import DataError
-from ..evaluate.metrics import accuracy_ci
-from ..runs import (atomic_write_bytes, atomic_write_json, iter_jsonl, iter_jsonl_lines,
-                    publish_dir, to_jsonable, write_jsonl)
+from ..runs import atomic_write_json, publish_dir, to_jsonable
+from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
 from .model import (FAMILIES, TURNS, BaseRewardModel, RewardEnsemble, RewardModel,
                     family_class, prompt_context)
 from .normaliser import EmpiricalCDFNormaliser
 
 METRICS = "metrics.json"
-BOOTSTRAP_RESAMPLES = 1000
 WARMUP_FRACTION = 0.1
 #: Inverse L2 strengths the frozen-feature head (logistic regression on scaled features)
-#: chooses from by cross-validation; on HH harmless-base and UltraFeedback, SmolLM2 hidden
-#: states picked about 1e-3, MiniLM embeddings larger values.
+#: chooses from by cross-validation.
 HEAD_CS = np.logspace(-4, 2, 13)
 HEAD_CV_FOLDS = 5
-#: Equal-width probability bins of the expected calibration error.
-ECE_BINS = 10
 HALVES = ("first", "second")
 #: Salt of the pair-id hash that picks a training half; unrelated to the train/test split's salt,
 #: so the halves cut across it evenly.
 HALF_SALT = "rewardprompt-half"
-
-#: What ``score_raw`` and friends accept: one reward model or an ensemble of them.
-Scoring = BaseRewardModel | RewardEnsemble
-
-
-# ---------------------------------------------------------------- shared helpers
-def _field(pair: Any, name: str) -> Any:
-    """``PreferencePair`` attribute, or the key of an equivalent dict."""
-    return pair[name] if isinstance(pair, dict) else getattr(pair, name)
 
 
 def _seed_everything(seed: int) -> None:
@@ -79,111 +55,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _accuracy_from_raw(chosen_raw: np.ndarray, rejected_raw: np.ndarray) -> dict[str, Any]:
-    # Compared on raw scores: the normaliser is monotone, so the order is the same, but its
-    # clipping at the ends of the training range would turn some wins into ties.
-    wins = (np.asarray(chosen_raw) > np.asarray(rejected_raw)).astype(float)
-    return accuracy_ci(wins, n_boot=BOOTSTRAP_RESAMPLES)
-
-
-def _pair_raw(model: Scoring, pairs: Sequence[Any],
-              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Raw scores of the chosen and of the rejected replies, in one scoring pass."""
-    prompts = [_field(p, "prompt") for p in pairs]
-    raw = model.score_raw(prompts + prompts,
-                          [_field(p, "chosen") for p in pairs]
-                          + [_field(p, "rejected") for p in pairs], batch_size=batch_size)
-    return raw[:len(pairs)], raw[len(pairs):]
-
-
-def pairwise_accuracy(model: Scoring, pairs: Sequence[Any],
-                      batch_size: int = 32) -> dict[str, Any]:
-    """Fraction of pairs whose chosen response outscores the rejected one, with a 95% CI."""
-    return _accuracy_from_raw(*_pair_raw(model, pairs, batch_size))
-
-
-def bradley_terry_ece(chosen_raw: np.ndarray, rejected_raw: np.ndarray,
-                      n_bins: int = ECE_BINS) -> float | None:
-    """Expected calibration error of P(chosen > rejected) = sigmoid(r_chosen - r_rejected).
-
-    The standard ECE, sum over ``n_bins`` equal-width bins of [0, 1] of (bin size / N) x
-    |observed frequency - mean forecast|. Which reply of a pair is "first" is arbitrary, so each
-    pair enters in both orientations, (p, outcome 1) and (1 - p, outcome 0); otherwise every
-    outcome would be 1 and the "ECE" would only be the mean of 1 - p. This equals the top-label
-    ECE of the binary classifier (confidence max(p, 1 - p), correct when p > 1/2; a tie scores
-    half). ``None`` for no pairs.
-    """
-    diff = np.asarray(chosen_raw, dtype=float) - np.asarray(rejected_raw, dtype=float)
-    if diff.size == 0:
-        return None
-    from scipy.special import expit
-
-    p = expit(diff)
-    forecast = np.concatenate([p, 1.0 - p])
-    outcome = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    which = np.minimum((forecast * n_bins).astype(int), n_bins - 1)  # p = 1 goes to the last bin
-    # |sum of (outcome - forecast)| over a bin = bin size x |frequency - mean forecast|.
-    gaps = np.bincount(which, weights=outcome - forecast, minlength=n_bins)
-    return float(np.abs(gaps).sum() / forecast.size)
-
-
-def pair_report(model: Scoring, chosen_raw: np.ndarray,
-                rejected_raw: np.ndarray) -> dict[str, Any]:
-    """Accuracy with its 95% CI and n, ECE, and the mean raw and normalised rewards of each side."""
-    chosen_raw, rejected_raw = np.asarray(chosen_raw), np.asarray(rejected_raw)
-    out = {**_accuracy_from_raw(chosen_raw, rejected_raw),
-           "ece": bradley_terry_ece(chosen_raw, rejected_raw)}
-    if chosen_raw.size == 0:
-        return out | dict.fromkeys(("mean_raw_chosen", "mean_raw_rejected", "mean_reward_chosen",
-                                    "mean_reward_rejected"))
-    out |= {"mean_raw_chosen": float(chosen_raw.mean()),
-            "mean_raw_rejected": float(rejected_raw.mean())}
-    norm = model.normaliser
-    out |= {"mean_reward_chosen": float(norm(chosen_raw).mean()) if norm else None,
-            "mean_reward_rejected": float(norm(rejected_raw).mean()) if norm else None}
-    return out
-
-
-def _drop_identical(pairs: list[Any], source: str, drop: bool) -> tuple[list[Any], int]:
-    """Pairs whose chosen and rejected differ, and how many were dropped.
-
-    With ``drop=False`` the first identical pair raises a DataError naming the file, its line
-    (pairs come one per non-blank line, or one per row of a Hub dataset, when not skipping bad
-    rows) and its id.
-    """
-    same = [i for i, p in enumerate(pairs) if _field(p, "chosen") == _field(p, "rejected")]
-    if not same:
-        return pairs, 0
-    ids = [str(_field(pairs[i], "id")) for i in same]
-    if not drop:
-        file, line = _locate(source, same[0])
-        raise DataError(f"pair id {ids[0]!r}: chosen and rejected are the same text, so the pair "
-                        f"states no preference ({len(same)} such pair(s) in all); pass "
-                        "drop_identical=True to skip them", file=file, line=line,
-                        field="rejected", code="identical_pair")
-    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-    print(f"[rewardprompt] warning: {source}: skipped {len(same)} pair(s) whose chosen and "
-          f"rejected replies are identical (ids {shown})", file=sys.stderr, flush=True)
-    skip = set(same)
-    return [p for i, p in enumerate(pairs) if i not in skip], len(same)
-
-
-def _locate(source: str, index: int) -> tuple[str, int | None]:
-    """(file, line) of the ``index``-th pair loaded from ``source``, as the loader names them."""
-    from ..data import SHIPPED
-
-    path = SHIPPED.get(str(source)) or Path(str(source))
-    if not path.is_file():  # a Hub dataset: the loader numbers its rows from 1
-        return str(source), index + 1
-    for k, (line, _) in enumerate(iter_jsonl_lines(path)):
-        if k == index:
-            return str(path), line
-    return str(path), None
-
-
 def assign_half(pair: Any, salt: str = HALF_SALT) -> str:
     """``"first"`` or ``"second"``, from sha256(salt + pair id): stable across runs and machines."""
-    h = hashlib.sha256((salt + str(_field(pair, "id"))).encode("utf-8")).digest()
+    h = hashlib.sha256((salt + str(pair_field(pair, "id"))).encode("utf-8")).digest()
     return HALVES[0] if int.from_bytes(h[:8], "big") < 2**63 else HALVES[1]
 
 
@@ -329,8 +203,8 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> list[np.nda
     similar lengths (transformers' length-grouped sampling) saves much of the compute on CPU;
     shuffling the batches keeps the order of lengths from being systematic.
     """
-    lengths = [len(prompt_context(_field(p, "prompt"), cfg.turns))
-               + max(len(_field(p, "chosen")), len(_field(p, "rejected"))) for p in pairs]
+    lengths = [len(prompt_context(pair_field(p, "prompt"), cfg.turns))
+               + max(len(pair_field(p, "chosen")), len(pair_field(p, "rejected"))) for p in pairs]
     g = torch.Generator().manual_seed(seed)
     out: list[np.ndarray] = []
     for _ in range(cfg.epochs):
@@ -349,9 +223,9 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, se
     family's head reads the mean of the token states that the sentence encoder was trained to
     produce. ``rewardprompt bench rm`` times this loop against RewardTrainer on the same weights.
     """
-    prompts = [_field(p, "prompt") for p in pairs]
-    chosen = [_field(p, "chosen") for p in pairs]
-    rejected = [_field(p, "rejected") for p in pairs]
+    prompts = [pair_field(p, "prompt") for p in pairs]
+    chosen = [pair_field(p, "chosen") for p in pairs]
+    rejected = [pair_field(p, "rejected") for p in pairs]
     batches = _batches(pairs, cfg, seed)
     opt, sched = _optimiser(model, cfg, len(batches))
     model.train()
@@ -388,9 +262,9 @@ def _train_head(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
-    prompts = [_field(p, "prompt") for p in pairs]
-    emb = model.embed_texts(prompts + prompts, [_field(p, "chosen") for p in pairs]
-                            + [_field(p, "rejected") for p in pairs]).double().numpy()
+    prompts = [pair_field(p, "prompt") for p in pairs]
+    emb = model.embed_texts(prompts + prompts, [pair_field(p, "chosen") for p in pairs]
+                            + [pair_field(p, "rejected") for p in pairs]).double().numpy()
     n = len(pairs)
     sign = np.random.default_rng(seed).permutation(np.arange(n) % 2) * 2 - 1
     diff = (emb[:n] - emb[n:]) * sign[:, None]
@@ -460,8 +334,8 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
         _freeze_below(model, cfg.train_layers)
     else:
         model.requires_grad_(True)
-    chosen = [model.encode(_field(p, "prompt"), _field(p, "chosen")) for p in pairs]
-    rejected = [model.encode(_field(p, "prompt"), _field(p, "rejected")) for p in pairs]
+    chosen = [model.encode(pair_field(p, "prompt"), pair_field(p, "chosen")) for p in pairs]
+    rejected = [model.encode(pair_field(p, "prompt"), pair_field(p, "rejected")) for p in pairs]
     rows: dict[str, list] = {"chosen_ids": chosen, "rejected_ids": rejected,
                              "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected)]}
     if cfg.margin:
@@ -522,7 +396,7 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
         train_raw = _train_head(model, train, cfg, seed)
     else:
         fine_tune(model, train, cfg, seed, workdir)
-        train_raw = np.concatenate(_pair_raw(model, train))
+        train_raw = np.concatenate(pair_raw(model, train))
     return model, np.asarray(train_raw, dtype=np.float64)
 
 
@@ -537,7 +411,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     cfg.validate()
     pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
                              skip_bad=cfg.skip_bad)
-    pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
+    pairs, n_identical = drop_identical(pairs, cfg.data, cfg.drop_identical)
     if cfg.test_fraction > 0:
         train, test = split_pairs(pairs, test_fraction=cfg.test_fraction)
     else:
@@ -572,7 +446,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     passes = (1 if cfg.freeze_encoder else cfg.epochs) * cfg.ensemble
     if test:
         # Each member scores the test pairs once; the ensemble's raw score is their mean.
-        member_test = [np.stack(_pair_raw(m, test)).astype(np.float64) for m in members]
+        member_test = [np.stack(pair_raw(m, test)).astype(np.float64) for m in members]
         test_raw = np.mean(member_test, axis=0)
     else:
         member_test, test_raw = [], np.empty((2, 0))
@@ -584,7 +458,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
                "train_seconds": round(train_seconds, 2),
                # Pairs seen per second; the frozen-encoder path reads each pair once.
                "examples_per_second": round(n * passes / train_seconds, 2),
-               "train_accuracy": _accuracy_from_raw(train_raw[:n], train_raw[n:])["accuracy"],
+               "train_accuracy": accuracy_from_raw(train_raw[:n], train_raw[n:])["accuracy"],
                "config": cfg}
     if cfg.freeze_encoder or cfg.family == "decoder":
         # The cross-validated L2 of each frozen-feature head (for a fine-tuned decoder: of the
@@ -592,7 +466,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         metrics["head_c"] = [getattr(m, "head_c", None) for m in members]
     if cfg.ensemble > 1:
         # How much the ensemble adds over its members shows only next to their own accuracy.
-        metrics["member_accuracy"] = [_accuracy_from_raw(*r)["accuracy"] for r in member_test]
+        metrics["member_accuracy"] = [accuracy_from_raw(*r)["accuracy"] for r in member_test]
     model.save(tmp)
     atomic_write_json(tmp / METRICS, metrics)
     publish_dir(tmp, out)
@@ -601,117 +475,3 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
           f"{metrics['accuracy']} [{metrics['ci_low']}, {metrics['ci_high']}] on "
           f"{metrics['n_test']} pairs, {train_seconds:.0f}s", flush=True)
     return to_jsonable(metrics)
-
-
-# ---------------------------------------------------------------- evaluation
-@dataclass
-class RMEvalConfig:
-    """Accuracy and calibration of the reward model (or ensemble) folder ``rm`` on preferences."""
-
-    rm: str
-    data: str
-    data_dir: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    skip_bad: bool = False  # skip malformed rows (counted) instead of stopping
-    batch_size: int = 32
-    json: bool = False  # print the result as one JSON object instead of a sentence
-    figure: str | None = None  # write a PNG of the chosen/rejected reward distributions here
-    drop_identical: bool = True  # skip and count pairs whose chosen equals rejected, or raise
-
-
-def reward_figure(chosen: np.ndarray, rejected: np.ndarray, path: str | Path, *,
-                  title: str) -> Path:
-    """Histograms of the normalised rewards of chosen and rejected replies, as an atomic PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
-
-    fig = Figure(figsize=(6, 3.6))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for values, label, colour in ((chosen, "chosen", "C2"), (rejected, "rejected", "C3")):
-        ax.hist(values, bins=20, range=(0, 1), alpha=0.5, color=colour,
-                label=f"{label} (mean {np.mean(values):.3f})")
-        ax.axvline(float(np.mean(values)), color=colour, ls="--", lw=1)
-    ax.set(xlim=(0, 1), xlabel="normalised reward", ylabel="pairs", title=title)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def evaluate_reward_model(cfg: RMEvalConfig) -> dict[str, Any]:
-    """Accuracy = fraction of pairs where score(chosen) > score(rejected), 95% bootstrap CI; ECE
-    of the Bradley-Terry probability sigmoid(r_c - r_r) on raw scores; mean raw and normalised
-    rewards of chosen and rejected; optionally a figure of their distributions."""
-    from ..data import load_preferences
-
-    model = RewardModel.load(cfg.rm)
-    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
-                             skip_bad=cfg.skip_bad)
-    pairs, n_identical = _drop_identical(pairs, cfg.data, cfg.drop_identical)
-    if not pairs:
-        raise DataError(f"no preference pairs to evaluate on ({n_identical} identical pair(s) "
-                        "skipped)", file=str(cfg.data), code="empty")
-    t0 = time.perf_counter()
-    chosen_raw, rejected_raw = _pair_raw(model, pairs, batch_size=cfg.batch_size)
-    result = {"rm": model.name, "data": str(cfg.data),
-              **pair_report(model, chosen_raw, rejected_raw),
-              "skipped_identical": n_identical, "seconds": round(time.perf_counter() - t0, 2),
-              "figure": None}
-    if cfg.figure:
-        title = (f"{model.name} on {Path(str(cfg.data)).name}: accuracy {result['accuracy']:.3f}, "
-                 f"ECE {result['ece']:.3f}, n={result['n']}")
-        result["figure"] = str(reward_figure(model.normaliser(chosen_raw),
-                                             model.normaliser(rejected_raw), cfg.figure,
-                                             title=title))
-    if cfg.json:
-        print(json.dumps(result), flush=True)
-    else:
-        print(f"{result['rm']} on {result['data']}: accuracy {result['accuracy']:.3f} "
-              f"(95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}, n={result['n']}), "
-              f"ECE {result['ece']:.3f}; mean reward chosen {result['mean_reward_chosen']:.3f} vs "
-              f"rejected {result['mean_reward_rejected']:.3f} (raw {result['mean_raw_chosen']:.3f} "
-              f"vs {result['mean_raw_rejected']:.3f})", flush=True)
-    return result
-
-
-# ---------------------------------------------------------------- scoring files
-@dataclass
-class RMScoreConfig:
-    """Score ``input`` (JSONL rows with ``prompt`` and ``response``) into ``output``."""
-
-    rm: str
-    input: str
-    output: str
-    batch_size: int = 32
-
-
-def _check_row(row: dict, file: str, line: int) -> None:
-    prompt = row.get("prompt")
-    if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                 for m in prompt):
-            raise DataError("expected a non-empty list of {role, content} messages", file=file,
-                            line=line, field="prompt")
-    elif not isinstance(prompt, str):
-        raise DataError("missing or not a message list", file=file, line=line, field="prompt")
-    if not isinstance(row.get("response"), str):
-        raise DataError("missing or not a string", file=file, line=line, field="response")
-
-
-def score_file(cfg: RMScoreConfig) -> dict[str, Any]:
-    """Add ``reward`` (normalised, [0, 1]) and ``reward_raw`` to every row; write atomically."""
-    model = RewardModel.load(cfg.rm)
-    rows = []
-    for line, row in iter_jsonl(cfg.input):
-        _check_row(row, str(cfg.input), line)
-        rows.append(row)
-    raw = model.score_raw([r["prompt"] for r in rows], [r["response"] for r in rows],
-                          batch_size=cfg.batch_size)
-    rewards = model.normaliser(raw) if rows else np.empty(0)
-    for row, rr, r in zip(rows, raw, rewards, strict=True):
-        row["reward"], row["reward_raw"] = float(r), float(rr)
-    write_jsonl(cfg.output, rows)
-    return {"rm": model.name, "input": str(cfg.input), "output": str(cfg.output), "n": len(rows),
-            "mean_reward": round(float(rewards.mean()), 4) if rows else None}

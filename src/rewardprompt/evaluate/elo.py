@@ -24,9 +24,9 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from ..errors import DataError
-from ..evaluate.metrics import boot_counts, percentile_ci
+from ..stats import boot_counts, percentile_ci
 from ..runs import atomic_write_json, iter_jsonl
-from .scorer import Message, Scorer, load_scorer
+from ..rewards.scorer import Message, Scorer, load_scorer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
