@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/rewardprompt demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
 clean:

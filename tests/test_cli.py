@@ -48,25 +48,84 @@ def test_help_lists_every_stage(capsys):
 def test_nested_yaml_config_becomes_dataclasses():
     from rewardprompt.backends import SamplingConfig
     from rewardprompt.cli import _from_dict
-    from rewardprompt.pipeline import DemoConfig
+    from rewardprompt.recipe import RecipeConfig
 
-    cfg = _from_dict(DemoConfig, {"steps": 5, "sampling": {"max_new_tokens": 7}})
-    assert cfg.steps == 5 and cfg.sampling == SamplingConfig(max_new_tokens=7)
-    with pytest.raises(ValueError, match="unknown config key"):
-        _from_dict(DemoConfig, {"sampling": {"nope": 1}})
+    cfg = _from_dict(RecipeConfig, {"out": "x", "sft": {"max_steps": 5},
+                                    "sampling": {"max_new_tokens": 7}})
+    assert cfg.sft.max_steps == 5 and cfg.sampling == SamplingConfig(max_new_tokens=7)
+    with pytest.raises(ValueError, match="unknown config key.*sampling.nope"):
+        _from_dict(RecipeConfig, {"out": "x", "sampling": {"nope": 1}})
 
 
-def test_demo_template_overrides_under_every_preset(tmp_path, capsys):
-    """--template KEY VALUE works under each preset, and a bad value stops before any file."""
-    from rewardprompt.pipeline import DemoConfig
+def test_one_name_everywhere_flag_and_yaml(tmp_path):
+    """``--sft.lr`` on the command line and ``sft: {lr: ...}`` in YAML set the same field; a
+    file that includes a preset starts from it but not from its run directory."""
+    from rewardprompt.cli import parse
 
-    for preset in DemoConfig.PRESETS:
-        with pytest.raises(SystemExit):
-            main(["demo", "--preset", preset, "--help"])
-        assert "--template [STR STR" in capsys.readouterr().out, preset
+    (tmp_path / "my.yaml").write_text("include: demo\nout: runs/mine\nsft: {lr: 0.5}\n"
+                                      "data: {quality: mine.jsonl}\n")
+    cfg = parse("run", ["--config", str(tmp_path / "my.yaml"), "--sft.max-steps", "3"])
+    assert (cfg.sft.lr, cfg.sft.max_steps, cfg.out) == (0.5, 3, "runs/mine")
+    assert cfg.data == {"quality": "mine.jsonl"}          # data is replaced, not merged
+    assert cfg.sft.max_prompt_tokens == 80                # the rest comes from demo.yaml
+    assert parse("demo", ["--sft.lr", "0.25"]).sft.lr == 0.25
+    (tmp_path / "noout.yaml").write_text("include: demo\n")
+    with pytest.raises(SystemExit):                       # out is never inherited
+        parse("run", ["--config", str(tmp_path / "noout.yaml")])
+
+
+def test_presets_are_files_and_every_preset_parses(capsys):
+    from rewardprompt.cli import PRESET_DIR, parse
+
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"demo", "long", "pairs", "steered"} <= set(names)
+    for name in names:
+        cfg = parse("run", ["--preset", name])
+        cfg.validate()
+        assert cfg.out == f"runs/{name}"
+
+
+def test_demo_refuses_what_the_recipe_sets_and_bad_templates(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["demo", "--out", str(out), "--template", "decimals", "two"]) == 2
-    assert "decimals must be an integer" in capsys.readouterr().err
-    assert main(["demo", "--out", str(out), "--base-template", "middle"]) == 2
-    assert "base_template must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # tyro builds the template and reports its error
+        main(["demo", "--out", str(out), "--template.n-bins", "1"])
+    assert "n_bins must be >= 2" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--sft.data", "x.jsonl"]) == 2
+    assert "sft.data: set by the recipe" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--template.dimensions", "a"]) == 2
+    assert "template.dimensions comes from data" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_help_line_belongs_to_its_own_flag():
+    """Each config field has its own help text, and no two fields of a config share one (help
+    that bleeds from one flag to the next shows up as a repeat)."""
+    import dataclasses
+
+    from tyro._docstrings import get_field_docstring
+
+    from rewardprompt.cli import COMMANDS, _load
+
+    for name, (cls_ref, *_rest) in COMMANDS.items():
+        cls = _load(cls_ref)
+        helps = {}
+        for f in dataclasses.fields(cls):
+            text = get_field_docstring(cls, f.name, ())
+            assert text, f"{name}: --{f.name} has no help"
+            assert text not in helps.values(), f"{name}: --{f.name} repeats another flag's help"
+            helps[f.name] = text
+
+
+def test_help_is_fast():
+    """``--help`` does not import torch, transformers or scipy (they take seconds to load)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rewardprompt.cli import main\n"
+            "for cmd in (['sft'], ['rm', 'train'], ['rm', 'eval'], ['demo'], ['evaluate'], "
+            "['elo'], ['generate'], ['label'], ['rm', 'wrap'], ['data', 'split']):\n"
+            "    try:\n        main(cmd + ['--help'])\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'scipy.stats', 'scipy.special') "
+            "if m in sys.modules]\nprint('HEAVY', heavy)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]

@@ -32,11 +32,13 @@ def test_synthetic_length_reward_is_learned(tmp_path):
     pairs = []
     for i in range(100):
         a, b = rng.choice(np.arange(1, 6), 2, replace=False)  # 4..20 words: rewards 0.2..1.0
-        pairs.append({"id": f"p{i}", "prompt": [{"role": "user", "content": f"Tell me about the {TOPICS[i % 5]} {i}"}],
+        prompt = [{"role": "user", "content": f"Tell me about the {TOPICS[i % 5]} {i}"}]
+        pairs.append({"id": f"p{i}", "prompt": prompt,
                       "chosen": " ".join(["a"] * (4 * a)), "rejected": " ".join(["a"] * (4 * b))})
     write_jsonl(tmp_path / "pairs.jsonl", pairs)
     write_jsonl(tmp_path / "eval.jsonl", [
-        {"id": f"e{i}", "prompt": [{"role": "user", "content": f"Tell me about the {TOPICS[i % 5]} {1000 + i}"}]}
+        {"id": f"e{i}",
+         "prompt": [{"role": "user", "content": f"Tell me about the {TOPICS[i % 5]} {1000 + i}"}]}
         for i in range(20)])
     run_label(LabelConfig(pairs=[str(tmp_path / "pairs.jsonl")], scorers={"length": SCORER},
                           out=str(tmp_path / "train.jsonl"), policy=str(policy),
@@ -45,8 +47,8 @@ def test_synthetic_length_reward_is_learned(tmp_path):
     for name, conditioned in (("conditioned", True), ("uncond_sft", False)):
         run_sft(SFTConfig(data=str(tmp_path / "train.jsonl"), out=str(tmp_path / name),
                           model=str(policy), conditioned=conditioned, template=TEMPLATE,
-                          # 800 steps sufficed with the packages of 2026-11-25; with
-                          # transformers 5.24 / tokenizers 0.23.3 they reach r = 0.54 only
+                          # the step count that learns the length with today's packages
+                          # (docs/results.md has what fewer steps reached)
                           lora=False, lr=3e-3, max_steps=1600, batch_size=16,
                           max_prompt_tokens=128, max_completion_tokens=64, save_steps=10_000))
         gens.append(str(tmp_path / f"{name}.jsonl"))

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rewardprompt.pipeline import STEER_PREFILLS
+# Every opener of the steered preset, the policy's own start ("") included.
+STEER_PREFILLS = ("", "I'm sorry, but I can't", "Sure! Here's", "I don't know.",
+                  "That's a great question! It's important to be safe and respectful.",
+                  "Here is a detailed, step-by-step answer:")
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +24,15 @@ def demo_args(out: Path, policy: Path) -> list[str]:
     # The demo's default reward models are the decoder family: here the tiny policy cut to one
     # block, mean-pooled, with a logistic head.
     return [sys.executable, "-m", "rewardprompt.cli", "demo", "--out", str(out),
-            "--policy", str(policy), "--rm-base", str(policy), "--rm-layers", "1",
-            "--rm-limit", "48", "--rm-max-length", "48", "--label-pairs", "12", "--steps", "8",
-            "--batch-size", "4",
-            "--save-steps", "2", "--max-prompt-tokens", "160", "--max-completion-tokens", "16",
+            "--policy", str(policy), "--rm.base-model", str(policy), "--rm.layers", "1",
+            "--rm.limit", "48", "--rm.max-length", "48", "--label-pairs", "12",
+            "--sft.max-steps", "8", "--sft.batch-size", "4", "--sft.save-steps", "2",
+            "--sft.max-prompt-tokens", "160", "--label.max-completion-tokens", "16",
             "--eval-prompts", "4", "--samples-per-prompt", "2",
             # the pairs' replies and steered samples of the policy (every opener of the
             # steered preset), both labelled
-            "--pair-replies", "--steer-prefills", *STEER_PREFILLS, "--steer-samples", "1",
-            "--sampling.max-new-tokens", "8", "--n-boot", "50"]
+            "--pair-replies", "--openers", *STEER_PREFILLS, "--steer-samples", "1",
+            "--sampling.max-new-tokens", "8", "--evaluate.n-boot", "50"]
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -55,7 +58,10 @@ def test_every_stage_and_outputs(clean_run):
         assert stages[s]["done"] and stages[s]["wall_s"] >= 0, s
     for key in ("config", "versions", "git_commit", "seeds", "data", "peak_rss_mib"):
         assert key in manifest
-    assert manifest["data"]["label_pairs"]["hash"].startswith("sha256:")
+    # the input data's hashes (checked on a resume) and each stage's outputs' hashes
+    assert manifest["data"]["source:harmless"]["hash"].startswith("sha256:")
+    assert stages["data"]["outputs"]["data/label_pairs.jsonl"].startswith("sha256:")
+    assert (clean_run / "stages" / "label.json").is_file()
     metrics = json.loads((clean_run / "metrics.json").read_text())
     for dim in ("helpful", "harmless"):
         for key in ("pearson_r", "ci_low", "ci_high", "slope", "bins"):

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from .runs import atomic_write_json, package_versions, to_jsonable
 
@@ -37,22 +36,32 @@ class BenchRMConfig:
     """``rewardprompt bench rm``: pairs per second, ours vs TRL's RewardTrainer."""
 
     out: str = "runs/bench/rm.json"
-    family: str = "encoder"  # "encoder" (MiniLM) or "decoder" (SmolLM2-135M)
-    base_model: str | None = None  # None: the family's shipped default
+    """Where the JSON result goes."""
+    family: str = "encoder"
+    """encoder (MiniLM) or decoder (SmolLM2-135M)."""
+    base_model: str | None = None
+    """None: the family's shipped default."""
     data: str = "hh-harmless"
+    """Preference pairs to train on."""
     pairs: int = 256
+    """Pairs per run."""
     batch_size: int = 16
+    """Pairs per step, on both sides."""
     max_length: int = 128
+    """Tokens per pair, on both sides."""
     lr: float = 3e-5
+    """Learning rate, on both sides."""
     repeats: int = 3
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
-    # CPU precision: ours uses bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX) and
-    # fp32 elsewhere (cpu_bf16=False: always fp32); TRL's RewardConfig stays fp32 on a CPU unless
-    # told, and trl_bf16=True tells it (on any CPU), for a same-precision comparison. On a GPU
-    # both use bf16 where it is supported. The JSON records what each side used.
+    """Runs per side (the median is reported; the order alternates)."""
+    threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
     cpu_bf16: bool = True
+    """Ours: bf16 autocast where the hardware computes bf16 natively, else fp32 (False: fp32)."""
     trl_bf16: bool = False
+    """TRL's RewardConfig stays fp32 on a CPU unless told; True tells it (on any CPU), for a
+    same-precision comparison. On a GPU both use bf16 where it is supported."""
     seed: int = 0
+    """Seed of both trainers."""
 
 
 def _trl_conversational(pairs: list[Any]) -> list[dict[str, Any]]:
@@ -77,10 +86,13 @@ def _trl_text(pairs: list[Any], turns: str) -> list[dict[str, str]]:
 
 
 def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
+    import torch
+
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from .device import pick_device, use_bf16
     from .models import resolve_policy
 
     path = resolve_policy(base) if cfg.family == "decoder" else base
@@ -91,8 +103,10 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
         tokenizer.eos_token = tokenizer.sep_token
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
                                                                dtype=torch.float32)
-    use_cuda = torch.cuda.is_available()
-    bf16 = torch.cuda.is_bf16_supported() if use_cuda else cfg.trl_bf16
+    device = pick_device()
+    use_cuda = device.type == "cuda"
+    # trl_bf16 forces bf16 on a CPU on purpose (a same-precision comparison), whatever it has.
+    bf16 = use_bf16(device) if use_cuda else cfg.trl_bf16
     args = RewardConfig(output_dir=str(workdir), num_train_epochs=1,
                         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
                         max_length=cfg.max_length, save_strategy="no", report_to="none",
@@ -135,6 +149,8 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
 
 def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
     """Time both trainers ``repeats`` times on the same pairs; write and return the JSON."""
+    import torch
+
     from .data import load_preferences
     from .models import DEFAULT_POLICY
     from .rewards.model import FAMILIES, default_encoder_path

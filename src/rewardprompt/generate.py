@@ -7,29 +7,46 @@ from pathlib import Path
 import numpy as np
 
 from .backends import SamplingConfig, get_backend
-from .runs import read_jsonl, write_jsonl
+from .runs import in_run, messages_error, read_rows, update_json, write_jsonl
 from .template import RewardTemplate, Target
+
+#: Prompts of an unconditioned base model carry no block; the template only shortens them.
+_NO_BLOCK = RewardTemplate()
 
 
 @dataclass
 class GenerateConfig:
-    prompts: str = "runs/demo/data/eval_prompts.jsonl"  # rows: id, prompt (message list)
-    model: str = "runs/demo/sft/conditioned/final"
-    out: str = "runs/demo/generate/conditioned.jsonl"
-    label: str = "conditioned"          # the model's name in the outputs
-    # None: as the policy was fine-tuned (its rewardprompt.json), else block on, default template.
-    conditioned: bool | None = None     # False: no reward block (baselines); targets still recorded
+    """Sample a policy on prompts, with target rewards in the reward block."""
+
+    prompts: str
+    """JSONL of prompts: rows with id and prompt (a message list)."""
+    model: str
+    """The policy: a folder fine-tuned by sft (its template is read from it), a Hub id or a
+    shipped name."""
+    out: str | None = None
+    """The generations JSONL to write (default: RUN/generate/LABEL.jsonl)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest and its summary in metrics.json."""
+    label: str = "conditioned"
+    """The model's name in the outputs (and in evaluate's tables)."""
+    conditioned: bool | None = None
+    """None: as the policy was fine-tuned. False: no reward block; the targets are still drawn
+    and recorded when the template has dimensions, so a baseline meets the same targets."""
     template: dict | None = None
-    targets: list[str] = field(default_factory=list)  # e.g. ["0.1", "0.9", ">= 0.6"]; [] = draw
+    """RewardTemplate fields; None: the policy's own (from its rewardprompt.json)."""
+    targets: list[str] = field(default_factory=list)
+    """Given targets, e.g. 0.1 0.9 '>= 0.6' (every prompt gets each); empty: drawn uniformly."""
     samples_per_prompt: int = 4
-    # Steering: every sample (each target of each prompt) is taken once per text here, the reply
-    # started by it (prefilled, then continued by the policy; "" is the policy's own start). The
-    # replies begin with their prefill; n_tokens counts the generated tokens only. For widening
-    # what the policy's own samples cover before labelling.
+    """Samples per prompt when the targets are drawn."""
     prefills: list[str] = field(default_factory=list)
-    max_prompt_tokens: int = 192
+    """Steering: each sample is taken once per text here, the reply started by it and continued
+    by the policy ('' is its own start); n_tokens counts only the generated tokens."""
+    max_prompt_tokens: int | None = None
+    """Prompt budget; None: the policy's own (from its rewardprompt.json), else 192."""
     backend: str = "local"
+    """Sampling backend."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How to sample."""
 
 
 def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[str, float]]:
@@ -54,16 +71,28 @@ def run_generate(cfg: GenerateConfig) -> dict:
         given = getattr(cfg, key)
         trained = meta.get(key)
         if key == "template" and given is not None and trained is not None:
-            given = RewardTemplate.from_dict(given).to_dict()
+            given = RewardTemplate.from_dict({"dimensions": trained["dimensions"], **given}).to_dict()
         if given is not None and trained is not None and given != trained:
             raise ValueError(f"{cfg.model} was fine-tuned with {key}={trained}, not {given}; "
                              "sampling it with another block would measure a prompt it never saw")
-    template = RewardTemplate.from_dict(cfg.template if cfg.template is not None
-                                        else meta.get("template", {}))
-    conditioned = cfg.conditioned if cfg.conditioned is not None else meta.get("conditioned", True)
-    rows = read_jsonl(cfg.prompts)
+    if cfg.template is None and "template" not in meta:
+        if cfg.conditioned:
+            raise ValueError(f"{cfg.model} was not fine-tuned by rewardprompt (no "
+                             "rewardprompt.json), so give the reward block: --template "
+                             "dimensions helpful,harmless ...")
+        template = None  # an unconditioned base model: no dimensions, so no targets
+    else:
+        template = RewardTemplate.from_dict(cfg.template if cfg.template is not None
+                                            else meta["template"])
+    conditioned = (cfg.conditioned if cfg.conditioned is not None
+                   else meta.get("conditioned", template is not None))
+    max_prompt_tokens = cfg.max_prompt_tokens or meta.get("max_prompt_tokens", 192)
+    rows = read_rows(cfg.prompts, {"id": (str, int), "prompt": messages_error}, what="prompts")
+    dims = template.dimensions if template is not None else ()
     jobs = []
-    if cfg.targets:
+    if template is None:
+        jobs = [(r, {}) for r in rows for _ in range(cfg.samples_per_prompt)]
+    elif cfg.targets:
         given = [Target.parse(t) for t in cfg.targets]
         rng = np.random.default_rng(cfg.sampling.seed)
         for r in rows:
@@ -71,12 +100,11 @@ def run_generate(cfg: GenerateConfig) -> dict:
             # across dimensions (a fresh permutation each), so one dimension's r never measures
             # control over another.
             perms = {d: (np.arange(len(given)) if i == 0 else rng.permutation(len(given)))
-                     for i, d in enumerate(template.dimensions)}
-            jobs += [(r, {d: given[perms[d][k]] for d in template.dimensions})
+                     for i, d in enumerate(dims)}
+            jobs += [(r, {d: given[perms[d][k]] for d in dims})
                      for k in range(len(given))]
     else:
-        drawn = draw_targets(len(rows) * cfg.samples_per_prompt, template.dimensions,
-                             cfg.sampling.seed)
+        drawn = draw_targets(len(rows) * cfg.samples_per_prompt, dims, cfg.sampling.seed)
         for i, r in enumerate(rows):
             jobs += [(r, {d: Target(v) for d, v in t.items()})
                      for t in drawn[i * cfg.samples_per_prompt:(i + 1) * cfg.samples_per_prompt]]
@@ -84,19 +112,26 @@ def run_generate(cfg: GenerateConfig) -> dict:
     jobs = [(r, t, p) for r, t in jobs for p in prefills]
     backend = get_backend(cfg.model, cfg.backend)
     tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
-    prompts = [fit_prompt(tok, with_prefill(r["prompt"], p), template,
-                          t if conditioned else None, cfg.max_prompt_tokens)
+    prompts = [fit_prompt(tok, with_prefill(r["prompt"], p), template or _NO_BLOCK,
+                          t if conditioned else None, max_prompt_tokens)
                for r, t, p in jobs]
     completions = backend.generate(prompts, cfg.sampling)
     out_rows = [{"id": r["id"], "model": cfg.label, "prompt": r["prompt"],
                  # What the model was shown: rounded, or the centre of its quantile bin.
-                 "targets": {d: template.quantise(t[d].value) for d in template.dimensions},
-                 "target_ops": {d: t[d].op for d in template.dimensions},
+                 "targets": {d: template.quantise(t[d].value) for d in dims},
+                 "target_ops": {d: t[d].op for d in dims},
                  "conditioned": conditioned,
-                 "response": template.strip_reply_block(c.text, t if conditioned else None),
+                 "response": (template or _NO_BLOCK).strip_reply_block(
+                     c.text, t if conditioned else None),
                  "n_tokens": c.n_tokens,
                  "finished": c.finished, **({"prefill": p} if cfg.prefills else {})}
                 for (r, t, p), c in zip(jobs, completions)]
-    write_jsonl(cfg.out, out_rows)
-    return {"n": len(out_rows), "out": str(Path(cfg.out)),
-            "mean_tokens": float(np.mean([c.n_tokens for c in completions])) if completions else 0.0}
+    out = in_run(cfg.run, cfg.out, f"generate/{cfg.label}.jsonl")
+    write_jsonl(out, out_rows)
+    summary = {"n": len(out_rows), "out": str(out),
+               "mean_tokens": float(np.mean([c.n_tokens for c in completions])),
+               "finished": float(np.mean([c.finished for c in completions]))}
+    if cfg.run:
+        update_json(Path(cfg.run) / "metrics.json",
+                    lambda m: m.setdefault("generate", {}).update({cfg.label: summary}))
+    return summary

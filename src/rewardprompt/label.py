@@ -13,26 +13,39 @@ from typing import Literal
 
 import numpy as np
 
+from .models import DEFAULT_POLICY
 from .rewards.scorer import load_scorer
-from .runs import read_jsonl, write_jsonl
+from .runs import in_run, messages_error, read_rows, update_metrics, write_jsonl
 
 
 @dataclass
 class LabelConfig:
-    pairs: list[str] = field(default_factory=list)    # structured preference JSONL files
-    samples: list[str] = field(default_factory=list)  # JSONL rows with prompt + response
-    scorers: dict[str, str] = field(default_factory=dict)  # dimension -> RM folder or synthetic:...
-    out: str = "runs/demo/label/train.jsonl"
-    policy: str = "smollm2-135m-instruct"            # its tokenizer decides the clipping
+    """Score responses with one scorer per reward dimension and write the labelled set."""
+
+    pairs: list[str] = field(default_factory=list)
+    """Preference JSONL files: both the chosen and the rejected reply of each pair are labelled."""
+    samples: list[str] = field(default_factory=list)
+    """JSONL files of the policy's own samples (rows with prompt and response, as generate writes)."""
+    scorers: dict[str, str] = field(default_factory=dict)
+    """Dimension -> scorer: a reward-model folder, synthetic:..., or module:function."""
+    out: str | None = None
+    """The labelled JSONL to write (default: RUN/label/train.jsonl)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest and its label statistics in
+    its metrics.json."""
+    policy: str = DEFAULT_POLICY
+    """The policy whose tokenizer decides the clipping: a shipped name, a Hub id or a folder."""
     max_completion_tokens: int = 64
+    """Responses are clipped to this many tokens (end-of-turn included) before scoring."""
     batch_size: int = 32
-    prefixes: int = 0   # also label up to k sentence-prefixes of each response (more samples
-                        # per prompt that differ only in where they stop)
-    # "all" keeps every labelled row; "extremes" keeps, per prompt and per dimension, only the
-    # lowest- and the highest-scored response (best and worst of n): the same prompt with the
-    # widest reward gap, so only the label tells the two replies apart. Not with prefixes,
-    # which would compete with the whole replies.
+    """Responses per scoring batch."""
+    prefixes: int = 0
+    """Also label up to k sentence-prefixes of each response (replies that differ only in where
+    they stop)."""
     keep: Literal["all", "extremes"] = "all"
+    """all: every labelled row; extremes: per prompt and dimension only the lowest- and the
+    highest-scored reply (best and worst of n), so only the label tells them apart. Not with
+    prefixes."""
 
 
 KEEP = ("all", "extremes")
@@ -89,20 +102,23 @@ def run_label(cfg: LabelConfig) -> dict:
     if cfg.keep == "extremes" and cfg.prefixes:
         raise ValueError("keep='extremes' picks the best and worst of the whole replies; "
                          "prefixes would compete with them: use prefixes=0")
-    tok = load_tokenizer(cfg.policy)
-    rows: list[dict] = []
+    rows: list[dict] = []  # every input is checked before the tokenizer loads
     for path in cfg.pairs:
-        for p in read_jsonl(path):
+        for p in read_rows(path, {"id": (str, int), "prompt": messages_error, "chosen": str,
+                                  "rejected": str}, what="preference pairs"):
             for source in ("chosen", "rejected"):
                 rows.append({"id": f"{p['id']}:{source}", "pair_id": p["id"], "prompt": p["prompt"],
                              "response": p[source], "source": source})
     for path in cfg.samples:
-        for i, s in enumerate(read_jsonl(path)):
+        for i, s in enumerate(read_rows(path, {"prompt": messages_error, "response": str},
+                                        what="policy samples",
+                                        optional={"prefill": str})):
             # A steered sample (generate --prefills) keeps the prefill its reply was started with.
             rows.append({"id": f"{s.get('id', i)}:sample{i}", "pair_id": s.get("id"),
                          "prompt": s["prompt"], "response": s["response"],
                          "source": "policy-steered" if s.get("prefill") else "policy",
                          **({"prefill": s["prefill"]} if s.get("prefill") else {})})
+    tok = load_tokenizer(cfg.policy)
     # Leave room for the end-of-turn marker the chat template adds, so SFT that cuts the
     # completion at the same max_completion_tokens never cuts the end-of-turn token of a clipped
     # reply (an SFT with a shorter cut, as the demo's sft_completion_tokens, trains a prefix).
@@ -129,5 +145,7 @@ def run_label(cfg: LabelConfig) -> dict:
                       "quantiles": [float(q) for q in np.quantile(scores, [0, .1, .25, .5, .75, .9, 1])],
                       "frac_below_0.1": float(np.mean(scores < 0.1)),
                       "frac_above_0.9": float(np.mean(scores > 0.9))}
-    write_jsonl(cfg.out, rows)
-    return {"n": len(rows), "n_scored": n_scored, "labels": stats}
+    out = in_run(cfg.run, cfg.out, "label/train.jsonl")
+    write_jsonl(out, rows)
+    update_metrics(cfg.run, labels=stats)
+    return {"n": len(rows), "n_scored": n_scored, "out": str(out), "labels": stats}

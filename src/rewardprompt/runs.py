@@ -141,6 +141,74 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [row for _, row in iter_jsonl(path)]
 
 
+#: A row field's expected type, for ``read_rows``: a type, a tuple of types, or a check that
+#: returns an error text (None when the value is fine).
+FieldSpec = type | tuple[type, ...] | Callable[[Any], str | None]
+
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer",
+               float: "a number", bool: "true or false"}
+
+
+def _type_error(value: Any, spec: FieldSpec) -> str | None:
+    if callable(spec) and not isinstance(spec, type):
+        return spec(value)
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if isinstance(value, bool) and bool not in types:  # JSON true is not a number here
+        return f"expected {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)}, got a bool"
+    if float in types and isinstance(value, int):
+        return None
+    if not isinstance(value, types):
+        return (f"expected {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)}, got "
+                f"{type(value).__name__}")
+    return None
+
+
+def read_rows(path: str | Path, fields: dict[str, FieldSpec], *, what: str = "rows",
+              optional: dict[str, FieldSpec] | None = None) -> list[dict]:
+    """The rows of an intermediate JSONL file, each checked for the fields a stage needs.
+
+    A missing field, or one of the wrong type, raises a DataError that names the file, the line
+    and the field (``rewards.harmless`` for a key inside an object), so that a malformed file
+    never surfaces as a bare KeyError deep inside a stage. ``optional`` fields are checked only
+    when present. An empty file is an error too: no stage has anything to do with none.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file (expected {what})", file=str(path), code="not_found")
+    rows = []
+    for line, row in iter_jsonl(path):
+        for name, spec in [*fields.items(), *(optional or {}).items()]:
+            value, missing = row, False
+            for part in name.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    missing = True
+                    break
+                value = value[part]
+            if missing:
+                if name in fields:
+                    raise DataError(f"missing field (every row of {what} needs it)",
+                                    file=str(path), line=line, field=name, code="missing_field")
+                continue
+            error = _type_error(value, spec)
+            if error:
+                raise DataError(error, file=str(path), line=line, field=name, code="bad_field")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"the file holds no rows (expected {what})", file=str(path), code="empty")
+    return rows
+
+
+def messages_error(value: Any) -> str | None:
+    """Why ``value`` is not a non-empty chat message list (None when it is one)."""
+    if not isinstance(value, list) or not value:
+        return "expected a non-empty list of {role, content} messages"
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                or not isinstance(m.get("content"), str):
+            return f"message {i} is not a {{role, content}} object of strings"
+    return None
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -215,8 +283,49 @@ def peak_rss_mib() -> float:
 
 
 # ---------------------------------------------------------------- runs
+def path_hash(path: str | Path) -> str | None:
+    """sha256 of a file, or of a folder's relative paths and file hashes; None if absent."""
+    p = Path(path)
+    if p.is_file():
+        return file_hash(p)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f"{f.relative_to(p).as_posix()}\0{file_hash(f)}\n".encode())
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def config_hash(config: Any) -> str:
+    blob = json.dumps(redact(to_jsonable(config)), sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def update_metrics(run_dir: str | Path | None, **sections: Any) -> dict | None:
+    """Merge sections into ``RUN/metrics.json`` (nothing when the stage runs outside a run)."""
+    if run_dir is None:
+        return None
+    return update_json(Path(run_dir) / "metrics.json", lambda m: m.update(to_jsonable(sections)))
+
+
+def in_run(run_dir: str | Path | None, out: str | Path | None, default: str) -> Path:
+    """A stage's output path: ``out`` when given, else ``default`` inside the run directory."""
+    if out:
+        return Path(out)
+    if run_dir is None:
+        raise ValueError(f"give --out, or --run DIR to write {default} inside a run directory")
+    return Path(run_dir) / default
+
+
 class Run:
-    """A run directory with a manifest that records config, provenance and stage timings."""
+    """A run directory with a manifest: config, provenance and the record of every stage.
+
+    A stage counts as done only when its record says so, its config and its inputs hash as they
+    did then, and every output it recorded still exists with the same hash; otherwise it runs
+    again. A stage's result is kept whole in ``stages/NAME.json``. Every start of the run adds an
+    entry to ``invocations`` (time, git commit, command), so a resumed run keeps the commit that
+    made each part of it.
+    """
 
     def __init__(self, out: str | Path, config: Any = None, seed: int | None = None) -> None:
         self.dir = Path(out)
@@ -225,10 +334,13 @@ class Run:
         if self.manifest_path.exists():
             self.manifest = read_json(self.manifest_path)
         else:
-            self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {},
-                             "data": {}, "seeds": {}}
-        self.manifest.update({"command": redact(list(sys.argv)), "versions": package_versions(),
-                              "git_commit": git_commit(), "host": platform.node()})
+            self.manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "git_commit": git_commit(),
+                             "stages": {}, "data": {}, "seeds": {}, "invocations": []}
+        self.manifest.setdefault("invocations", [])
+        self.manifest["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "git_commit": git_commit(),
+                                             "command": redact(list(sys.argv))})
+        self.manifest.update({"versions": package_versions(), "host": platform.node()})
         if config is not None:
             config = redact(to_jsonable(config))
             old = self.manifest.get("config")
@@ -251,32 +363,82 @@ class Run:
         atomic_write_json(self.manifest_path, self.manifest)
 
     def record_data(self, name: str, path: str | Path) -> None:
+        """Record an input file's hash; on a resume, a file that changed since stops the run."""
         p = Path(path)
-        if p.is_file():
-            self.manifest["data"][name] = {"path": str(p), "hash": file_hash(p)}
-            self.save()
+        if not p.is_file():
+            return
+        digest = file_hash(p)
+        old = self.manifest["data"].get(name)
+        if old is not None and old.get("hash") != digest:
+            raise ValueError(f"{self.dir}: input data '{name}' changed since this run was made: "
+                             f"{p} was {old['hash']}, is {digest}; resuming would mix results "
+                             "of two data sets. Use another --out, or delete the folder")
+        self.manifest["data"][name] = {"path": str(p), "hash": digest}
+        self.save()
+
+    def _stale(self, name: str, key: str) -> str | None:
+        """Why stage ``name`` must run (None: it is done and intact)."""
+        entry = self.manifest["stages"].get(name)
+        if not entry or not entry.get("done"):
+            return "not done"
+        if entry.get("key", key) != key:
+            return "its config or inputs changed"
+        for out, digest in entry.get("outputs", {}).items():
+            if path_hash(self.dir / out) != digest:
+                return f"its output {out} is missing or changed"
+        result_file = entry.get("result_file")
+        if result_file and not (self.dir / result_file).is_file():
+            return f"its result {result_file} is missing"
+        return None
+
+    def _rel(self, path: str | Path) -> str:
+        """``path`` relative to the run directory when inside it (the run can then be moved)."""
+        p = Path(path).resolve()
+        with contextlib.suppress(ValueError):
+            return p.relative_to(self.dir.resolve()).as_posix()
+        return str(p)
 
     def done(self, stage: str) -> bool:
         return bool(self.manifest["stages"].get(stage, {}).get("done"))
 
-    def stage(self, name: str, fn: Callable[[], Any], *, force: bool = False) -> Any:
-        """Run ``fn`` unless ``name`` already completed in this run; record its wall time."""
-        if self.done(name) and not force:
+    def stage(self, name: str, fn: Callable[[], Any], *, config: Any = None,
+              inputs: Iterable[str | Path] = (), outputs: Iterable[str | Path] = (),
+              force: bool = False) -> Any:
+        """Run ``fn`` unless stage ``name`` is done and intact; record its wall time, config,
+        the hashes of its inputs and outputs, and its result (in ``stages/NAME.json``)."""
+        inputs, outputs = [str(p) for p in inputs], [str(p) for p in outputs]
+        key = config_hash({"config": config,
+                           "inputs": {self._rel(p): path_hash(p) for p in inputs}})
+        why = "forced" if force else self._stale(name, key)
+        if why is None:
             print(f"[rewardprompt] stage '{name}' already done in {self.dir}, skipping", flush=True)
-            return self.manifest["stages"][name].get("result")
+            result_file = self.manifest["stages"][name].get("result_file")
+            return read_json(self.dir / result_file) if result_file else None
+        if why != "not done" and not force:
+            print(f"[rewardprompt] stage '{name}' runs again: {why}", flush=True)
         print(f"[rewardprompt] stage '{name}' ...", flush=True)
         entry = self.manifest["stages"].setdefault(name, {})
-        entry["attempts"] = entry.get("attempts", 0) + 1
+        entry.update(done=False, attempts=entry.get("attempts", 0) + 1)
         self.save()
         t0 = time.perf_counter()
         result = fn()
         wall = time.perf_counter() - t0
-        # Time spent in earlier, interrupted attempts is kept separately: the stage's own wall
-        # time is that of the attempt that completed it.
-        entry.update({"done": True, "wall_s": round(wall, 2),
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if isinstance(result, dict) and len(json.dumps(to_jsonable(result))) < 4000:
-            entry["result"] = to_jsonable(result)
+        # Time spent in earlier, interrupted attempts is not counted: the stage's own wall time
+        # is that of the attempt that completed it.
+        entry.update({"done": True, "wall_s": round(wall, 2), "key": key,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "git_commit": git_commit(),
+                      "outputs": {self._rel(p): path_hash(p) for p in outputs}})
+        if config is not None:
+            entry["config"] = redact(to_jsonable(config))
+        entry.pop("result", None)
+        old_result = entry.pop("result_file", None)
+        if result is None and old_result:  # a skip must not return an earlier attempt's result
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / old_result).unlink()
+        if result is not None:
+            entry["result_file"] = f"stages/{name}.json"
+            atomic_write_json(self.dir / entry["result_file"], redact(to_jsonable(result)))
         self.save()
         print(f"[rewardprompt] stage '{name}' done in {wall:.1f}s", flush=True)
         return result

@@ -9,11 +9,18 @@ from ..chat import Message
 
 @dataclass
 class SamplingConfig:
+    """How a backend samples: the same settings for every model that is compared."""
+
     max_new_tokens: int = 64
+    """New tokens at most per completion; a reply that reaches it did not end by itself."""
     temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     batch_size: int = 16
+    """Prompts sampled together (local backend)."""
     seed: int = 0
+    """Seeds each batch, so the same prompts and settings give the same samples."""
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Local sampling with transformers: batched, left-padded, KV-cached, seeded per batch."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tqdm.auto import tqdm
 
@@ -10,12 +12,26 @@ from ..policy.tokenise import render_prompt
 from .base import Completion, Message, SamplingConfig
 
 
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a reply: every ``model.generation_config.eos_token_id`` (an int, a list
+    or None) and the tokenizer's end-of-sequence id, deduplicated in that order. Chat models
+    often end a turn on their own token (Llama 3's ``<|eot_id|>``), listed only in the
+    generation config, while the tokenizer's eos is the end of the document."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = []
+    elif isinstance(ids, int) or (isinstance(ids, torch.Tensor) and ids.ndim == 0):
+        ids = [ids]
+    ids = [*ids, tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(t) for t in ids if t is not None))
+
+
 class LocalBackend:
     def __init__(self, model: str) -> None:
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_policy(model).eval()
         self.device = next(self.model.parameters()).device
-        self.eos_ids = [self.tokenizer.eos_token_id]
+        self.eos_ids = stop_token_ids(self.model, self.tokenizer)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[Message]], cfg: SamplingConfig) -> list[Completion]:
@@ -36,7 +52,8 @@ class LocalBackend:
                 **enc, max_new_tokens=cfg.max_new_tokens, do_sample=sample,
                 temperature=cfg.temperature if sample else None,
                 top_p=cfg.top_p if sample else None, top_k=0 if sample else None,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids, use_cache=True)
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids or None,
+                use_cache=True)
             new = gen[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 ids = new[row].tolist()

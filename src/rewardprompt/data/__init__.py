@@ -7,4 +7,4 @@ from .preference import (SHIPPED, ConvertConfig, PreferencePair, assign_split, c
 
 __all__ = ["SHIPPED", "ConvertConfig", "PreferencePair", "assign_split", "convert",
            "dialogue_to_text", "drop_identical", "load_preferences", "pair_from_row", "parse_transcript",
-           "read_preferences", "shipped_path", "split_key", "split_pairs"]
+           "read_preferences", "shipped_path", "split_key", "split_pairs", "split_point"]

@@ -231,13 +231,22 @@ def split_key(pair: PreferencePair) -> str:
     return next((m["content"] for m in pair.prompt if m["role"] == "user"), "").strip()
 
 
-def assign_split(pair: PreferencePair, test_fraction: float = 0.2,
-                 salt: str = "rewardprompt") -> str:
-    """``"train"`` or ``"test"``, from sha256(salt + split_key): stable across runs and machines."""
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+def split_point(pair: PreferencePair, salt: str = "rewardprompt") -> float:
+    """The pair's place in [0, 1): sha256(salt + split_key), stable across runs and machines."""
     h = hashlib.sha256((salt + split_key(pair)).encode("utf-8")).digest()
-    return "test" if int.from_bytes(h[:8], "big") / 2**64 < test_fraction else "train"
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def assign_split(pair: PreferencePair, test_fraction: float = 0.2,
+                 salt: str = "rewardprompt", dev_fraction: float = 0.0) -> str:
+    """``"test"`` below ``test_fraction``, ``"dev"`` below ``test_fraction + dev_fraction``,
+    else ``"train"``, by ``split_point``. The test side does not depend on ``dev_fraction``: a
+    dev split is carved from what would otherwise be training pairs."""
+    if not (0.0 <= test_fraction <= 1.0 and 0.0 <= dev_fraction <= 1.0 - test_fraction):
+        raise ValueError(f"test_fraction and dev_fraction must be in [0, 1] with a sum of at most "
+                         f"1, got {test_fraction} and {dev_fraction}")
+    u = split_point(pair, salt)
+    return "test" if u < test_fraction else "dev" if u < test_fraction + dev_fraction else "train"
 
 
 def split_pairs(pairs: list[PreferencePair], test_fraction: float = 0.2,
@@ -288,11 +297,18 @@ def _locate(source: str, index: int) -> tuple[str, int | None]:
 # ---------------------------------------------------------------- the convert stage
 @dataclass
 class ConvertConfig:
-    input: str             # file (.jsonl / .jsonl.gz), shipped name, or Hub id
-    output: str            # structured JSONL (.jsonl or .jsonl.gz)
+    """Any supported preference source to structured JSONL (id, prompt, chosen, rejected)."""
+
+    input: str
+    """A file (.jsonl or .jsonl.gz), a shipped name, or a Hub id."""
+    output: str
+    """Structured JSONL (.jsonl or .jsonl.gz) to write."""
     skip_bad: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
     data_dir: str | None = None
+    """Hub datasets only: the dataset's data_dir."""
     split: str | None = None
+    """Hub datasets only: the split to load."""
 
 
 def convert(cfg: ConvertConfig) -> dict:

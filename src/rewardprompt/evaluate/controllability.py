@@ -12,30 +12,55 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rewards.scorer import load_scorer
-from ..runs import read_jsonl, update_json, write_jsonl
-from .metrics import controllability, opener_shares
+from ..runs import messages_error, read_rows, update_json, write_jsonl
 
 
 @dataclass
 class EvaluateConfig:
-    generations: list[str] = field(default_factory=list)  # generate-stage JSONL files
-    scorers: dict[str, str] = field(default_factory=dict)  # dimension -> RM folder / synthetic:...
-    test_scorers: dict[str, str] = field(default_factory=dict)  # held-out RMs (over-optimisation)
-    out: str = "runs/demo"                # writes OUT/eval/scores.jsonl and OUT/metrics.json
-    primary: str = "conditioned"          # the model whose metrics go at the top level
-    # Openers (e.g. the steering prefills of the training samples): per target bin, the share of
-    # responses that start with each, as DIM.openers. [] = not computed.
+    """Score generations with each dimension's scorer and measure how actual tracks target."""
+
+    generations: list[str] = field(default_factory=list)
+    """Generate-stage JSONL files (default: every RUN/generate/*.jsonl but the steered samples)."""
+    scorers: dict[str, str] = field(default_factory=dict)
+    """Dimension -> the labelling scorer (RM folder, synthetic:..., module:function)."""
+    test_scorers: dict[str, str] = field(default_factory=dict)
+    """Dimension -> a held-out scorer that never labelled (the over-optimisation check)."""
+    out: str | None = None
+    """Folder for eval/scores.jsonl and metrics.json (default: the run directory)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest and writes its metrics there."""
+    primary: str = "conditioned"
+    """The model whose metrics go at the top level; the others are baselines."""
     openers: list[str] = field(default_factory=list)
+    """Openers (e.g. the steering prefills of the training samples): per target bin, the share
+    of replies that start with each, as DIM.openers. Empty: not computed."""
     n_boot: int = 1000
+    """Bootstrap resamples (over prompts) for every interval."""
     seed: int = 0
+    """Seed of the bootstrap."""
+
+
+#: What evaluate needs of every generation row.
+GENERATION_FIELDS = {"id": (str, int), "model": str, "prompt": messages_error, "response": str,
+                     "targets": dict, "n_tokens": int}
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    out = Path(cfg.out)
-    rows = [r for path in cfg.generations for r in read_jsonl(path)]
-    if not rows:
-        raise ValueError(f"no generations in {cfg.generations}")
+    from ..rewards.scorer import load_scorer
+    from .metrics import controllability, opener_shares
+
+    if not cfg.scorers:
+        raise ValueError("evaluate needs at least one scorer (--scorers DIM SPEC ...)")
+    out = Path(cfg.out or cfg.run or "")
+    if not (cfg.out or cfg.run):
+        raise ValueError("give --out or --run")
+    generations = cfg.generations or sorted(
+        str(p) for p in (Path(cfg.run) / "generate").glob("*.jsonl") if p.stem != "steered")
+    if not generations:
+        raise ValueError("no generations given (--generations) and none in RUN/generate")
+    dim_fields = {f"targets.{d}": float for d in cfg.scorers}
+    rows = [r for path in generations
+            for r in read_rows(path, {**GENERATION_FIELDS, **dim_fields}, what="generations")]
     prompts = [r["prompt"] for r in rows]
     responses = [r["response"] for r in rows]
     for key, specs in (("actual", cfg.scorers), ("actual_test", cfg.test_scorers)):
@@ -74,7 +99,30 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         metrics.update(per_model.get(cfg.primary, {}), dimensions=list(cfg.scorers),
                        primary=cfg.primary,
                        baselines={m: v for m, v in per_model.items() if m != cfg.primary})
+        metrics["goal"] = goal(metrics, list(cfg.scorers))
 
     metrics = update_json(out / "metrics.json", replace_sections)
     return {d: {k: metrics.get(d, {}).get(k) for k in ("pearson_r", "ci_low", "ci_high")}
             for d in cfg.scorers}
+
+
+#: The baseline the goal is stated against: the same replies and steps, no reward block.
+GOAL_BASELINE = "uncond_sft"
+
+
+def goal(metrics: dict, dims: list[str]) -> dict:
+    """Per dimension, whether the primary model met the bar, stated from the measured figures:
+    r >= 0.5, its CI above the unconditioned baseline's, and its top target bin above the
+    baseline's (None where the baseline or a figure is missing)."""
+    out = {}
+    for dim in dims:
+        m = metrics.get(dim, {})
+        b = metrics.get("baselines", {}).get(GOAL_BASELINE, {}).get(dim, {})
+        r, lo, b_hi = m.get("pearson_r"), m.get("ci_low"), b.get("ci_high")
+        top_c = (m.get("bins") or [{}])[-1].get("mean_actual")
+        top_b = (b.get("bins") or [{}])[-1].get("mean_actual")
+        out[dim] = {"r_at_least_0.5": r is not None and r >= 0.5,
+                    "ci_above_baseline_ci": None if lo is None or b_hi is None else lo > b_hi,
+                    "top_bin_above_baseline": None if top_c is None or top_b is None
+                    else top_c > top_b}
+    return out

@@ -17,19 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-from scipy import optimize, special, stats
 
 from ..errors import DataError
 from ..stats import boot_counts, percentile_ci
-from ..runs import atomic_write_json, iter_jsonl
+from ..runs import atomic_write_json, in_run, iter_jsonl
 from ..rewards.scorer import Message, Scorer, load_scorer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    from scipy.special import expit  # scipy loads on first use: `--help` stays fast
+
+    return expit(x)
+
 
 # Elo points per unit of Bradley-Terry log-odds: 10^(d/400) = e^beta.
 ELO_PER_LOGIT = 400.0 / math.log(10.0)
@@ -87,7 +93,7 @@ class ScorerJudge:
         diff = scores[at[:len(a)]] - scores[at[len(a):]]
         if self.temperature == 0:
             return 0.5 + 0.5 * np.sign(diff)
-        return special.expit(diff / self.temperature)
+        return _expit(diff / self.temperature)
 
 
 # ---------------------------------------------------------------- config
@@ -95,18 +101,29 @@ class ScorerJudge:
 class EloConfig:
     """Rate the models in generate-stage JSONL files against each other with a judge."""
 
-    generations: list[str]          # generate-stage JSONL files; a row's model is its "model" field
-    judge: str                      # scorer spec for load_scorer (RM folder or synthetic:...)
-    out: str = ""                   # if set, write the JSON results here (atomically)
-    k: float = 32.0                 # Elo K-factor
-    initial: float = 1000.0         # starting Elo rating, and the mean of both rating scales
-    n_boot: int = 1000              # random match orders for Elo, and prompt resamples for CIs
+    judge: str
+    """Scorer spec of the judge (RM folder, synthetic:..., module:function)."""
+    generations: list[str] = field(default_factory=list)
+    """Generate-stage JSONL files, a row's model being its model field (default: every
+    RUN/generate/*.jsonl but the steered samples)."""
+    out: str | None = None
+    """Write the JSON results here (default: RUN/elo.json; neither: printed only)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest."""
+    k: float = 32.0
+    """Elo K-factor."""
+    initial: float = 1000.0
+    """Starting Elo rating, and the mean of both rating scales."""
+    n_boot: int = 1000
+    """Random match orders for Elo, and prompt resamples for the CIs."""
     seed: int = 0
-    temperature: float = 0.0        # judge: 0 = hard win/tie/loss, > 0 = sigmoid of score gap
-    # Virtual tied matches added to every compared pair in the Bradley-Terry fit. Without them the
-    # maximum-likelihood gap is infinite when one model wins every match against another; one tie
-    # moves a 60/100 record by under 0.1%, so with real data the fit is the plain MLE.
+    """Seed of the match orders and the resamples."""
+    temperature: float = 0.0
+    """Judge: 0 gives hard win/tie/loss, > 0 the sigmoid of the score gap over it."""
     prior_ties: float = 1.0
+    """Virtual tied matches added to every compared pair in the Bradley-Terry fit: without them
+    the fitted gap is infinite when one model wins every match; with real data the fit is then
+    still close to the plain maximum likelihood."""
 
 
 # ---------------------------------------------------------------- matches
@@ -218,7 +235,7 @@ def _elo_runs(a: np.ndarray, b: np.ndarray, s: np.ndarray, n_models: int,
     ratings = np.full((counts.shape[0], n_models), float(initial))
     for idx in order:
         ia, ib = a[idx], b[idx]
-        expected = special.expit((ratings[rows, ia] - ratings[rows, ib]) / ELO_PER_LOGIT)
+        expected = _expit((ratings[rows, ia] - ratings[rows, ib]) / ELO_PER_LOGIT)
         delta = k * (s[idx] - expected)
         ratings[rows, ia] += delta
         ratings[rows, ib] -= delta
@@ -249,14 +266,14 @@ def _bt_fit(pair_i: np.ndarray, pair_j: np.ndarray, wins: np.ndarray, total: np.
         d = beta[pair_i] - beta[pair_j]
         # -log sigmoid(x) = logaddexp(0, -x): no overflow for large gaps.
         value = np.sum(wins * np.logaddexp(0.0, -d) + (total - wins) * np.logaddexp(0.0, d))
-        resid = total * special.expit(d) - wins              # d(nll)/d(d) per pair
+        resid = total * _expit(d) - wins              # d(nll)/d(d) per pair
         grad = (np.bincount(pair_i, weights=resid, minlength=n_models)
                 - np.bincount(pair_j, weights=resid, minlength=n_models))
         return float(value), grad[1:]
 
     def hess(free: np.ndarray) -> np.ndarray:
         beta = np.r_[0.0, free]
-        p = special.expit(beta[pair_i] - beta[pair_j])
+        p = _expit(beta[pair_i] - beta[pair_j])
         h = np.zeros((n_models, n_models))   # a weighted graph Laplacian of the pairs
         np.add.at(h, (pair_i, pair_j), -total * p * (1 - p))
         h = h + h.T
@@ -265,6 +282,8 @@ def _bt_fit(pair_i: np.ndarray, pair_j: np.ndarray, wins: np.ndarray, total: np.
 
     start = np.zeros(n_models - 1) if x0 is None else x0[1:] - x0[0]
     # Newton steps with the exact Hessian converge in a handful of iterations for few models.
+    from scipy import optimize
+
     res = optimize.minimize(nll, start, jac=True, hess=hess, method="trust-exact",
                             options={"gtol": 1e-8})
     beta = np.r_[0.0, res.x]
@@ -295,7 +314,9 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
         raise ValueError(f"n_boot must be >= 1, got {cfg.n_boot}")
     if cfg.prior_ties < 0:
         raise ValueError(f"prior_ties must be >= 0, got {cfg.prior_ties}")
-    m = _load_matches(cfg.generations)
+    generations = cfg.generations or sorted(
+        str(p) for p in (Path(cfg.run or ".") / "generate").glob("*.jsonl") if p.stem != "steered")
+    m = _load_matches(generations)
     judge = ScorerJudge(load_scorer(cfg.judge), temperature=cfg.temperature)
     s = np.asarray(judge.compare(m.prompts, m.resp_a, m.resp_b), dtype=float).reshape(-1)
     if s.shape != m.a.shape or not np.all((s >= 0) & (s <= 1)):  # also rejects NaN
@@ -333,14 +354,16 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
                           "n_matches": int(own.size)})
     per_model.sort(key=lambda r: -r["bt"])
     # Undefined (None) when either rating is constant, e.g. two models that tie every match.
+    from scipy import stats
+
     rho = float(stats.spearmanr(elo, bt).statistic) if np.ptp(elo) and np.ptp(bt) else math.nan
     result = {"models": per_model, "n_matches": int(s.size), "n_prompts": m.n_prompts,
               "judge": judge.name, "spearman_elo_vs_bt": rho if math.isfinite(rho) else None,
               "k": cfg.k, "initial": cfg.initial, "n_boot": cfg.n_boot, "seed": cfg.seed,
-              "prior_ties": cfg.prior_ties, "generations": list(cfg.generations)}
+              "prior_ties": cfg.prior_ties, "generations": list(generations)}
     print(format_table(result), flush=True)
-    if cfg.out:
-        atomic_write_json(cfg.out, result)
+    if cfg.out or cfg.run:
+        atomic_write_json(in_run(cfg.run, cfg.out, "elo.json"), result)
     return result
 
 

@@ -3,107 +3,169 @@
 One stage for both the reward-conditioned policy (``conditioned=True``: the reward block from the
 labels is put in every prompt) and the unconditioned baseline (same data, same steps, no block).
 transformers' Trainer runs the loop: checkpoints, resume, progress bars and ``--report-to``.
+The config a run was started with is kept beside its checkpoints: a checkpoint written under
+another config is never continued (``overwrite`` starts again instead).
 """
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments, set_seed
-
-from ..device import pick_device
-from ..runs import atomic_write_json, publish_dir, read_jsonl
-from ..template import RewardTemplate
-from ..models import load_policy, load_tokenizer
+from ..models import DEFAULT_POLICY
+from ..runs import (atomic_write_json, in_run, messages_error, publish_dir, read_json,
+                    read_rows, to_jsonable, update_json)
 from .meta import read_policy_meta, write_policy_meta
-from .tokenise import PadCollator, tokenise_example
+
+#: The config a run of checkpoints was started with, beside them in ``out``.
+SFT_CONFIG = "sft_config.json"
+#: What the run's files say when they differ only in where they live.
+_LOCATION_FIELDS = ("out", "run")
 
 
 @dataclass
 class SFTConfig:
     """Knobs of one fine-tuning run; the run records exactly these."""
 
-    data: str = "runs/demo/label/train.jsonl"  # rows: prompt, response, rewards
-    out: str = "runs/demo/sft/conditioned"
-    model: str = "smollm2-135m-instruct"       # shipped default, a Hub id or a folder
-    conditioned: bool = True                   # False: the unconditioned-SFT baseline
-    template: dict = field(default_factory=dict)  # RewardTemplate fields; {} = defaults
+    data: str | None = None
+    """Labelled JSONL (prompt, response, rewards), as label writes it (default: RUN/label/train.jsonl)."""
+    out: str | None = None
+    """Folder for checkpoints and the final model (default: RUN/sft/conditioned or RUN/sft/uncond_sft)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest and its metrics in metrics.json."""
+    model: str = DEFAULT_POLICY
+    """The base policy: a shipped name, a Hub id or a folder."""
+    conditioned: bool = True
+    """False: the unconditioned-SFT baseline (the same data and steps, no reward block)."""
+    template: dict = field(default_factory=dict)
+    """RewardTemplate fields; the dimensions default to those of the labels."""
     lora: bool = True
+    """Train a LoRA adapter (merged into the saved model) instead of every weight."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.0
-    trainable_top_layers: int = 0              # full FT only: train just the top k blocks (0 = all)
+    """Dropout on the LoRA inputs."""
+    trainable_top_layers: int = 0
+    """Full fine-tuning only: train just the top k blocks (0: all)."""
     lr: float = 1e-3
+    """Peak learning rate (cosine schedule)."""
     epochs: float = 1.0
-    max_steps: int = -1                        # > 0 overrides epochs
+    """Passes over the data, when max_steps is not set."""
+    max_steps: int = -1
+    """Optimiser steps; > 0 overrides epochs."""
     batch_size: int = 8
+    """Examples per device and step."""
     grad_accum: int = 1
+    """Gradient-accumulation steps per optimiser step."""
     warmup_ratio: float = 0.05
+    """Share of the steps spent warming the learning rate up."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_prompt_tokens: int = 192
+    """Prompt budget: the oldest turns go first, the reward block and a prefill are kept."""
     max_completion_tokens: int = 64
+    """Train on the first k tokens of each reply (the end-of-turn token only if it fits)."""
     save_steps: int = 50
+    """Checkpoint interval in steps (a killed run resumes from the last one)."""
     seed: int = 0
-    report_to: str = "none"                    # "tensorboard", "wandb", ...
-    bf16_cpu: bool = False                     # bf16 autocast on CPU (faster here, less exact)
+    """Seed of the data order and of the LoRA initialisation."""
+    report_to: str = "none"
+    """Trainer loggers: none, tensorboard, wandb, ..."""
+    cpu_bf16: bool = True
+    """bf16 autocast where the hardware computes bf16 natively (a GPU with bf16, a CPU with
+    AVX512-BF16 or AMX); elsewhere fp32. False: always fp32."""
+    overwrite: bool = False
+    """Discard checkpoints and a final model written under another config instead of refusing."""
 
 
-class LabelledDataset(Dataset):
-    def __init__(self, rows: list[dict], tokenizer, template: RewardTemplate, conditioned: bool,
-                 max_prompt_tokens: int, max_completion_tokens: int) -> None:
-        self.examples = [
-            tokenise_example(tokenizer, r["prompt"], r["response"], template=template,
-                             targets={d: r["rewards"][d] for d in template.dimensions}
-                             if conditioned else None,
-                             max_prompt_tokens=max_prompt_tokens,
-                             max_completion_tokens=max_completion_tokens)
-            for r in rows]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+def _comparable(cfg: SFTConfig | dict) -> dict:
+    d = to_jsonable(cfg)
+    return {k: v for k, v in d.items() if k not in _LOCATION_FIELDS + ("overwrite",)}
 
 
-def last_checkpoint(out: Path) -> str | None:
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    # A checkpoint is complete once Trainer wrote its trainer_state.json (written last).
-    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
-    return str(ckpts[-1]) if ckpts else None
+def _check_previous(cfg: SFTConfig, out: Path) -> None:
+    """Refuse to continue or reuse what ``out`` holds when it was made under another config."""
+    saved_path = out / SFT_CONFIG
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    final_meta = read_policy_meta(out / "final").get("config")
+    previous = saved if saved is not None else final_meta
+    if previous is None or _comparable(previous) == _comparable(cfg):
+        return
+    changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(cfg))
+                     if _comparable(previous).get(k) != _comparable(cfg).get(k))
+    if not cfg.overwrite:
+        raise ValueError(f"{out} holds SFT checkpoints or a model made with another config "
+                         f"(changed: {', '.join(changed)}); continuing would mix the two. Pass "
+                         "--overwrite to start again, or use another --out")
+    print(f"[rewardprompt] --overwrite: discarding {out} (config changed: {', '.join(changed)})",
+          flush=True)
+    shutil.rmtree(out, ignore_errors=True)
 
 
-def steps_for(n_examples: int, cfg: SFTConfig) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    return math.ceil(math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs)
+def _last_complete_checkpoint(out: Path) -> str | None:
+    """transformers' last checkpoint, once it is complete (its trainer_state.json is written
+    last; a checkpoint a kill cut short is dropped)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while out.is_dir() and (ckpt := get_last_checkpoint(str(out))):
+        if (Path(ckpt) / "trainer_state.json").exists():
+            return ckpt
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def label_dimensions(rows: list[dict]) -> tuple[str, ...]:
+    """The reward dimensions of a labelled set (those of its first row)."""
+    return tuple(rows[0]["rewards"]) if rows else ()
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    """Fine-tune and save the policy to ``cfg.out/final``; resume from the last checkpoint."""
-    out = Path(cfg.out)
-    final = out / "final"
-    if (final / "sft_metrics.json").exists():
-        from ..runs import read_json, to_jsonable
+    """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint."""
+    from ..template import RewardTemplate
 
-        saved = read_policy_meta(str(final)).get("config")
-        if saved is not None and saved != to_jsonable(cfg):
-            raise ValueError(f"{final} was fine-tuned with another config; use another --out or "
-                             "delete it to train again")
+    data = in_run(cfg.run, cfg.data, "label/train.jsonl")
+    out = in_run(cfg.run, cfg.out, "sft/conditioned" if cfg.conditioned else "sft/uncond_sft")
+    final = out / "final"
+    _check_previous(cfg, out)
+    if (final / "sft_metrics.json").exists():
         return read_json(final / "sft_metrics.json")
+    rows = read_rows(data, {"prompt": messages_error, "response": str, "rewards": dict},
+                     what="labelled replies")
+    template = RewardTemplate.from_dict({"dimensions": label_dimensions(rows), **cfg.template})
+    if cfg.conditioned:  # every row must carry a number for every dimension of the block
+        rows = read_rows(data, {"prompt": messages_error, "response": str,
+                                **{f"rewards.{d}": float for d in template.dimensions}},
+                         what=f"labelled replies with rewards for {', '.join(template.dimensions)}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SFT_CONFIG, cfg)
+    metrics = _train(cfg, rows, template, out)
+    if cfg.run:
+        update_json(Path(cfg.run) / "metrics.json",
+                    lambda m: m.setdefault("sft", {}).update({out.name: metrics}))
+    return metrics
+
+
+def _train(cfg: SFTConfig, rows: list[dict], template, out: Path) -> dict:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from ..device import pick_device, use_bf16
+    from ..models import load_policy, load_tokenizer
+    from .tokenise import IGNORE, tokenise_example
+
     set_seed(cfg.seed)
-    template = RewardTemplate.from_dict(cfg.template)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     new_tokens = template.extra_tokens() if cfg.conditioned else []
     if new_tokens:
         tokenizer.add_tokens(new_tokens, special_tokens=True)
-    rows = read_jsonl(cfg.data)
-    ds = LabelledDataset(rows, tokenizer, template, cfg.conditioned, cfg.max_prompt_tokens,
-                         cfg.max_completion_tokens)
+    examples = [tokenise_example(tokenizer, r["prompt"], r["response"], template=template,
+                                 targets={d: r["rewards"][d] for d in template.dimensions}
+                                 if cfg.conditioned else None,
+                                 max_prompt_tokens=cfg.max_prompt_tokens,
+                                 max_completion_tokens=cfg.max_completion_tokens)
+                for r in rows]
     device = pick_device()
     model = load_policy(cfg.model, device=torch.device("cpu"), dtype=torch.float32)
     if new_tokens:
@@ -127,29 +189,30 @@ def run_sft(cfg: SFTConfig) -> dict:
             p.requires_grad_(True)
         if new_tokens:  # the reward tokens' fresh embeddings must learn, whatever is frozen
             model.get_input_embeddings().weight.requires_grad_(True)
-    n_steps = steps_for(len(ds), cfg)
-    use_cuda = device.type == "cuda"
+    bf16 = use_bf16(device, cpu_bf16=cfg.cpu_bf16)
     args = TrainingArguments(
-        output_dir=str(out), max_steps=n_steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-        lr_scheduler_type="cosine", warmup_steps=max(1, int(cfg.warmup_ratio * n_steps)),
-        weight_decay=cfg.weight_decay, logging_steps=max(1, min(10, n_steps // 10)),
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        seed=cfg.seed, data_seed=cfg.seed, report_to=cfg.report_to, use_cpu=not use_cuda,
-        bf16=use_cuda or cfg.bf16_cpu, dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=False, save_only_model=False)
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=PadCollator(tokenizer.pad_token_id, "right"))
-    resume = last_checkpoint(out)
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, logging_steps=0.1, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        report_to=cfg.report_to, use_cpu=device.type != "cuda", bf16=bf16,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
+        save_only_model=False)
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE))
+    resume = _last_complete_checkpoint(out)
     if resume:
         print(f"[rewardprompt] resuming SFT from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
+    n_steps = trainer.state.max_steps
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics = {"steps": n_steps, "examples": len(ds), "train_loss": result.training_loss,
+    metrics = {"steps": n_steps, "examples": len(examples), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "train_runtime_s": result.metrics.get("train_runtime"), "conditioned": cfg.conditioned,
-               "lora": cfg.lora, "tokens_seen": sum(len(e["input_ids"]) for e in ds.examples)
-               * n_steps * cfg.batch_size * cfg.grad_accum // max(1, len(ds))}
+               "lora": cfg.lora, "precision": "bf16" if bf16 else "fp32",
+               "tokens_seen": sum(len(e["input_ids"]) for e in examples)
+               * n_steps * cfg.batch_size * cfg.grad_accum // max(1, len(examples))}
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.model
@@ -161,10 +224,10 @@ def run_sft(cfg: SFTConfig) -> dict:
     atomic_write_json(tmp / "sft_metrics.json", metrics)
     # What the model was trained to read, so that sampling shows it the same block.
     write_policy_meta(tmp, {"config": cfg, "template": template.to_dict(),
-                                          "conditioned": cfg.conditioned,
-                                          "max_prompt_tokens": cfg.max_prompt_tokens,
-                                          "max_completion_tokens": cfg.max_completion_tokens})
-    publish_dir(tmp, final)
+                            "conditioned": cfg.conditioned,
+                            "max_prompt_tokens": cfg.max_prompt_tokens,
+                            "max_completion_tokens": cfg.max_completion_tokens})
+    publish_dir(tmp, out / "final")
     # The final model is complete; the optimizer states in the checkpoints are no longer needed.
     for c in out.glob("checkpoint-*"):
         shutil.rmtree(c, ignore_errors=True)

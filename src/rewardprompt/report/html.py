@@ -366,7 +366,10 @@ def build_report(run_dir: str | Path) -> Path:
 
 @dataclass
 class ReportConfig:
-    run: str  # the run directory
+    """Build RUN/report.html from the run's files."""
+
+    run: str
+    """The run directory."""
 
 
 def run_report(cfg: ReportConfig) -> dict:

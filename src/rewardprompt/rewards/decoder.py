@@ -9,15 +9,20 @@ When it is too long, the prompt is cut from the left (its end, the assistant hea
 and the response keeps at least half the budget, cut at its end but still closed by the
 end-of-turn token, so the head always reads the same kind of position.
 
+The end-of-turn token is the first special token the chat template puts after an assistant
+message's content (``end_of_turn_token``: ``<|im_end|>`` in SmolLM2, ``<|eot_id|>`` in Llama 3),
+which need not be the tokenizer's end-of-sequence token; without a chat template it is the
+end-of-sequence token. It is saved with the model; folders saved before it was recorded close
+responses with end-of-sequence, as they were fitted.
+
 Padding must not be the end-of-turn token: ``AutoModelForSequenceClassification`` reads the
 score at the last token that is not padding, and SmolLM2 pads with ``<|im_end|>``, its
 end-of-turn token, which would move the read one token to the left. ``pad_token_for`` picks a
 distinct special token (``<|endoftext|>`` in SmolLM2) or adds one.
 
 Two options make the family cheaper and, measured here, better as a frozen feature extractor
-(the last layer of a small LM is specialised for next-token prediction: a logistic head on its
-last token reached 0.59 on HH harmless-base and 0.50 on UltraFeedback, while the mean of a middle
-layer's response tokens reached 0.62-0.65 and 0.60-0.65, SmolLM2-135M, 256 tokens):
+(the last layer of a small LM is specialised for next-token prediction, so a middle layer's
+mean-pooled response states beat the last token as frozen features; see docs/results.md):
 
 * ``layers=k`` keeps only the first k transformer blocks (then the final norm and the head), so
   the model is truncated, saved and run at k/L of the cost;
@@ -53,15 +58,42 @@ POOLINGS = ("last", "mean")
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
 
 
-def pad_token_for(tokenizer: Any) -> tuple[str, bool]:
-    """A padding token distinct from end-of-sequence, and whether it had to be added."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token != tokenizer.eos_token:
+#: Stands for an assistant reply when the chat template is rendered to find what closes it.
+_REPLY_MARKER = "rewardprompt reply marker"
+
+
+def pad_token_for(tokenizer: Any, end_of_turn: str | None = None) -> tuple[str, bool]:
+    """A padding token distinct from end-of-sequence and from ``end_of_turn`` (the token the
+    reward is read at), and whether it had to be added."""
+    avoid = {tokenizer.eos_token, end_of_turn} - {None}
+    if tokenizer.pad_token is not None and tokenizer.pad_token not in avoid:
         return tokenizer.pad_token, False
     vocab = tokenizer.get_vocab()
     for tok in (*PAD_CANDIDATES, tokenizer.unk_token):
-        if tok and tok in vocab and tok != tokenizer.eos_token:
+        if tok and tok in vocab and tok not in avoid:
             return tok, False
     return "<|pad|>", True
+
+
+def end_of_turn_token(tokenizer: Any) -> str | None:
+    """The token that closes an assistant turn: the first special (or added) token that the
+    chat template renders after an assistant message's content; the end-of-sequence token when
+    there is no chat template, the template fails, or nothing special follows the content."""
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "Hello"},
+                 {"role": "assistant", "content": _REPLY_MARKER}], tokenize=False)
+        except Exception:  # templates raise freely (jinja errors, role checks): fall back
+            text = ""
+        if isinstance(text, str) and _REPLY_MARKER in text:
+            tail = text[text.rindex(_REPLY_MARKER) + len(_REPLY_MARKER):]
+            special = set(tokenizer.all_special_ids) | set(
+                getattr(tokenizer, "added_tokens_decoder", {}))
+            for t in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+                if t in special:
+                    return tokenizer.convert_ids_to_tokens(t)
+    return tokenizer.eos_token
 
 
 def _messages(prompt: Prompt, turns: str) -> list[dict[str, str]]:
@@ -82,7 +114,8 @@ class DecoderRewardModel(BaseRewardModel):
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, base_model: str,
                  max_length: int = 256, turns: str = "last", pooling: str = "last",
                  normaliser: EmpiricalCDFNormaliser | None = None,
-                 name: str = "reward-model") -> None:
+                 name: str = "reward-model", eot_token: str | None = None) -> None:
+        """``eot_token`` closes every response (None: ``end_of_turn_token(tokenizer)``)."""
         super().__init__(base_model=base_model, max_length=max_length, turns=turns,
                          normaliser=normaliser, name=name)
         if pooling not in POOLINGS:
@@ -91,13 +124,14 @@ class DecoderRewardModel(BaseRewardModel):
         if max_length < 16:
             raise ValueError(f"max_length must be at least 16 tokens for a decoder reward model, "
                              f"got {max_length}")
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"{base_model}: the tokenizer has no end-of-sequence token, which "
-                             "closes every response the decoder reward model reads")
+        eot = eot_token or end_of_turn_token(tokenizer)
+        if eot is None:
+            raise ValueError(f"{base_model}: the tokenizer has no end-of-turn or end-of-sequence "
+                             "token, which closes every response the decoder reward model reads")
         self.model = model
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
-        pad, added = pad_token_for(tokenizer)
+        pad, added = pad_token_for(tokenizer, eot)
         if added:
             tokenizer.add_special_tokens({"pad_token": pad})
             # Only grow: embedding matrices are often padded past the vocabulary already.
@@ -107,6 +141,8 @@ class DecoderRewardModel(BaseRewardModel):
         # What GenericForSequenceClassification and TRL read to find the last real token.
         model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
         check_vocab(tokenizer, model, base_model)
+        self.eot_token = eot
+        self.eot_id = int(tokenizer.convert_tokens_to_ids(eot))
 
     @property
     def head(self) -> torch.nn.Linear:  # type: ignore[override]
@@ -145,7 +181,8 @@ class DecoderRewardModel(BaseRewardModel):
         return {"kind": KIND_SINGLE, "family": self.family, "base_model": self.base_model,
                 "max_length": self.max_length, "turns": self.turns,
                 "hidden_size": self.head.in_features, "pooling": self.pooling,
-                "layers": self.model.config.num_hidden_layers, "cpu_bf16": self.cpu_bf16}
+                "layers": self.model.config.num_hidden_layers, "cpu_bf16": self.cpu_bf16,
+                "eot_token": self.eot_token}
 
     def save_weights(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -173,7 +210,9 @@ class DecoderRewardModel(BaseRewardModel):
         out = cls(model, tokenizer, base_model=opts["base_model"],
                   max_length=opts.get("max_length", 256), turns=opts.get("turns", "last"),
                   pooling=opts.get("pooling", "last"), normaliser=normaliser,
-                  name=name or d.resolve().name)
+                  name=name or d.resolve().name,
+                  # Folders from before the option closed responses with end-of-sequence.
+                  eot_token=opts.get("eot_token", tokenizer.eos_token))
         return out.to(pick_device()).eval()
 
     # ------------------------------------------------------------ tokenising
@@ -188,7 +227,7 @@ class DecoderRewardModel(BaseRewardModel):
 
     def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids of one (prompt, response) pair, at most ``max_length``, ending with the
-        tokenizer's end-of-sequence token (SmolLM2-Instruct's end-of-turn ``<|im_end|>``)."""
+        end-of-turn token ``eot_id`` (SmolLM2-Instruct's ``<|im_end|>``)."""
         return self._encode(prompt, response)[0]
 
     def _encode(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
@@ -200,7 +239,7 @@ class DecoderRewardModel(BaseRewardModel):
         budget = self.max_length - 1  # the end-of-turn token
         r = r[:max(budget - len(p), budget // 2)]
         p = p[len(p) - (budget - len(r)):] if len(p) + len(r) > budget else p
-        return p + r + [tok.eos_token_id], len(r) + 1
+        return p + r + [self.eot_id], len(r) + 1
 
     def tokenize(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchEncoding:
         """Right-padded ``input_ids`` and ``attention_mask``, and ``response_mask`` (the response

@@ -106,18 +106,28 @@ def pair_report(model: Scoring, chosen_raw: np.ndarray,
 # ---------------------------------------------------------------- evaluation
 @dataclass
 class RMEvalConfig:
-    """Accuracy and calibration of the reward model (or ensemble) folder ``rm`` on preferences."""
+    """Accuracy and calibration of a reward model (or ensemble) folder on preference pairs."""
 
     rm: str
+    """The reward-model folder."""
     data: str
+    """Preference pairs: a file, a shipped name or a Hub id."""
     data_dir: str | None = None
+    """Hub datasets only: the dataset's data_dir."""
     split: str | None = None
+    """Hub datasets only: the split to load."""
     limit: int | None = None
-    skip_bad: bool = False  # skip malformed rows (counted) instead of stopping
+    """Evaluate on at most this many pairs."""
+    skip_bad: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
     batch_size: int = 32
-    json: bool = False  # print the result as one JSON object instead of a sentence
-    figure: str | None = None  # write a PNG of the chosen/rejected reward distributions here
-    drop_identical: bool = True  # skip and count pairs whose chosen equals rejected, or raise
+    """Pairs per scoring batch."""
+    json: bool = False
+    """Print the result as one JSON object instead of a sentence."""
+    figure: str | None = None
+    """Write a PNG of the chosen and rejected reward distributions here."""
+    drop_identical: bool = True
+    """Skip and count pairs whose chosen equals rejected, or raise."""
 
 
 def reward_figure(chosen: np.ndarray, rejected: np.ndarray, path: str | Path, *,

@@ -39,7 +39,7 @@ from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,9 +48,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 
-from ..device import cpu_has_fast_bf16, pick_device
+from ..device import pick_device, use_bf16
 from ..runs import atomic_write_json, read_json
 from .normaliser import EmpiricalCDFNormaliser, finite_scores
+
+if TYPE_CHECKING:
+    from .hf import HFRewardModel
 
 from ..chat import Message
 Prompt = Sequence[Message] | str
@@ -189,12 +192,11 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         """Weights, tokenizer and options, without the normaliser."""
 
     def uses_bf16(self) -> bool:
-        """Whether passes run under bf16 autocast here: on a GPU with bf16 (roughly half the
-        memory and time), and on a CPU with native bf16 when ``cpu_bf16`` is set (1.5-2x faster;
-        a CPU that would emulate bf16 stays in fp32). Training and scoring both follow this."""
-        if self.device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return self.cpu_bf16 and cpu_has_fast_bf16()
+        """Whether passes run under bf16 autocast here: ``device.use_bf16`` on this model's
+        device with its ``cpu_bf16`` (a GPU with bf16; a CPU with native bf16 when ``cpu_bf16``
+        is set, since one that would emulate bf16 is faster in fp32). Training and scoring both
+        follow this."""
+        return use_bf16(self.device, cpu_bf16=self.cpu_bf16)
 
     def _autocast(self):
         # Pooling happens after the cast back to float32 (bf16 keeps ~3 significant digits).
@@ -216,8 +218,9 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> BaseRewardModel | RewardEnsemble:
-        """Load a folder written by ``save`` of either family, or by ``RewardEnsemble.save``.
+    def load(cls, directory: str | Path) -> BaseRewardModel | RewardEnsemble | HFRewardModel:
+        """Load a folder written by ``save`` of either family, by ``RewardEnsemble.save``, or
+        by ``hf.wrap_reward_model`` (``"kind": "hf"``).
 
         The folder's name becomes the scorer's ``name``.
         """
@@ -225,6 +228,10 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         opts = _read_options(d)
         if opts.get("kind", KIND_SINGLE) == KIND_ENSEMBLE:
             return RewardEnsemble.load(d)
+        if opts.get("kind") == "hf":
+            from .hf import HFRewardModel
+
+            return HFRewardModel.load(d)
         normaliser = _read_normaliser(d)
         return load_member(d, normaliser=normaliser, name=d.resolve().name)
 

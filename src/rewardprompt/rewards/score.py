@@ -12,12 +12,16 @@ from ..runs import iter_jsonl, write_jsonl
 
 @dataclass
 class RMScoreConfig:
-    """Score ``input`` (JSONL rows with ``prompt`` and ``response``) into ``output``."""
+    """Score ``input`` (JSONL rows with prompt and response) into ``output``."""
 
     rm: str
+    """The reward-model folder."""
     input: str
+    """JSONL rows with prompt and response."""
     output: str
+    """The same rows with reward (in [0, 1]) and reward_raw added."""
     batch_size: int = 32
+    """Responses per scoring batch."""
 
 
 def _check_row(row: dict, file: str, line: int) -> None:

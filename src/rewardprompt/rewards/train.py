@@ -20,22 +20,20 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..data import drop_identical
 from ..errors import DataError
-from ..runs import atomic_write_json, publish_dir, to_jsonable
+from ..runs import atomic_write_json, in_run, publish_dir, to_jsonable, update_json
 from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
-from .model import (FAMILIES, TURNS, BaseRewardModel, RewardEnsemble, RewardModel,
-                    family_class, prompt_context)
 from .normaliser import EmpiricalCDFNormaliser
+
+if TYPE_CHECKING:  # torch, transformers and the models load on first use: `--help` stays fast
+    import torch
+
+    from .model import BaseRewardModel, RewardModel
 
 METRICS = "metrics.json"
 WARMUP_FRACTION = 0.1
@@ -50,6 +48,8 @@ HALF_SALT = "rewardprompt-half"
 
 
 def _seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -73,67 +73,80 @@ def select_half(pairs: Sequence[Any], half: str | None) -> list[Any]:
 # ---------------------------------------------------------------- training
 @dataclass
 class RMTrainConfig:
-    """Reward-model training. ``data`` is any ``load_preferences`` source.
+    """Reward-model training on any ``load_preferences`` source.
 
     With frozen features (the default) training costs one forward pass over the training
-    responses plus a logistic-regression head. Measured on this 2-core CPU, HH harmless-base
-    (1,829 training pairs, 479 held out): MiniLM 0.576 [0.534, 0.620] in 51 s; the decoder family
-    cut to 12 SmolLM2 blocks with mean pooling at 128 tokens (what the demo uses) 0.626 [0.582,
-    0.670] in 181 s in fp32, 0.624 in 101 s with bf16 autocast (``cpu_bf16``, the default
-    where the CPU has native bf16). Full fine-tuning (``freeze_encoder=False``, where ``lr``,
-    ``epochs`` and for the encoder ``head_lr`` apply) of MiniLM reached 0.61 after one epoch
-    (about 3 minutes).
+    responses plus a logistic-regression head; ``freeze_encoder=False`` fine-tunes end to end
+    (``lr``, ``epochs`` and, for the encoder, ``head_lr`` then apply).
     """
 
     data: str
-    out: str
-    # "encoder": MiniLM-style encoder, mean pooling, scalar head (the default); "decoder": a
-    # causal LM through AutoModelForSequenceClassification, fine-tuned with TRL's RewardTrainer.
+    """Preference pairs: a file, a shipped name or a Hub id."""
+    out: str | None = None
+    """The reward-model folder to write (default: RUN/rm/NAME, NAME the data file's stem)."""
+    run: str | None = None
+    """A run directory: the stage records itself in its manifest and its accuracy in metrics.json."""
+    eval_data: str | None = None
+    """Report the held-out accuracy on these pairs instead of the hash split's held-out part."""
     family: str = "encoder"
-    base_model: str | None = None  # None: the shipped all-MiniLM-L6-v2 / SmolLM2-135M-Instruct
+    """encoder: a MiniLM-style encoder, mean pooling, scalar head; decoder: a causal LM with a
+    scalar head (fine-tuned through TRL's RewardTrainer)."""
+    base_model: str | None = None
+    """None: the family's shipped default (all-MiniLM-L6-v2 / SmolLM2-135M-Instruct)."""
     data_dir: str | None = None
+    """Hub datasets only: the dataset's data_dir (e.g. harmless-base)."""
     split: str | None = None
-    test_fraction: float = 0.2  # held out by the hash split; 0 trains on everything
+    """Hub datasets only: the split to load."""
+    test_fraction: float = 0.2
+    """Pairs held out by the hash split of the first user turn; 0 trains on everything."""
     max_length: int = 128
-    turns: str = "last"  # "last": the last user turn is the context; "all": the whole dialogue
+    """Tokens per (prompt, response) pair; the prompt is cut first."""
+    turns: str = "last"
+    """last: the last user turn is the context; all: the whole dialogue."""
     epochs: int = 1
-    lr: float = 3e-5  # encoder (the decoder family: the whole model, through RewardTrainer)
-    head_lr: float = 1e-3  # encoder family only
-    # Decoder family, full training: fine-tune only the top k transformer blocks (with the final
-    # norm and the score head); 0 trains every block. Backpropagating through fewer blocks is
-    # what makes a 135M decoder trainable on a CPU.
+    """Full training only: passes over the pairs."""
+    lr: float = 3e-5
+    """Full training only: the learning rate of the encoder (decoder: of the whole model)."""
+    head_lr: float = 1e-3
+    """Full training, encoder family only: the learning rate of the head."""
     train_layers: int = 0
-    # Decoder family: keep only the first k blocks of the LM (0: all); and read the reward at the
-    # last token ("last", the AutoModelForSequenceClassification head, needed for fine-tuning)
-    # or from the mean of the response tokens ("mean", frozen features only).
+    """Decoder family, full training: fine-tune only the top k blocks (with the final norm and
+    the head); 0 trains every block."""
     layers: int = 0
-    pooling: str | None = None  # None: the family's own (encoder "mean", decoder "last")
-    batch_size: int = 16  # pairs per step
+    """Decoder family: keep only the first k blocks of the LM (0: all)."""
+    pooling: str | None = None
+    """Decoder family: last (the sequence-classification head at the end-of-turn token, needed
+    for fine-tuning) or mean (of the response tokens, frozen features only); None: the family's
+    own (encoder mean, decoder last)."""
+    batch_size: int = 16
+    """Pairs per step."""
     seed: int = 0
+    """Seed of the head and the data order."""
     limit: int | None = None
-    skip_bad: bool = False  # skip malformed rows (counted) instead of stopping
-    freeze_encoder: bool = True  # train only the head, on embeddings computed once
-    # Bradley-Terry loss -logsigmoid(r_c - r_r - margin): a pair keeps a strong gradient until
-    # the chosen reply leads by about ``margin``, which pushes the raw scores further apart. Full
-    # fine-tuning only: the frozen-encoder head is solved as a plain logistic regression, which
-    # has no margin, so margin != 0 there is an error.
+    """Load at most this many pairs."""
+    skip_bad: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
+    freeze_encoder: bool = True
+    """Train only the head, on features computed once."""
     margin: float = 0.0
-    # k > 1: k models trained on the same data with seeds seed..seed+k-1, saved as one folder
-    # (member-0/ ...); the reward is the mean of their raw scores. Full fine-tuning only: the
-    # frozen-encoder head is a convex problem solved to convergence, so every seed gives the same
-    # member.
+    """Full training only: the loss is -logsigmoid(r_c - r_r - margin), which pushes the raw
+    scores further apart."""
     ensemble: int = 1
-    # "first" or "second": train only on that half of the training pairs (by a hash of the pair
-    # id), so that a held-out "test" reward model for over-optimisation checks can be trained on
-    # the other half, with another seed, independently of the labelling one.
+    """Full training only: k models trained with seeds seed..seed+k-1, saved as one folder; the
+    reward is the mean of their raw scores."""
     half: str | None = None
-    # Pairs whose chosen equals rejected carry no preference: skip and count them (True) or raise.
+    """first or second: train only on that half of the training pairs (by a hash of the pair
+    id), so that a held-out test reward model can be trained on the other half."""
     drop_identical: bool = True
-    # bf16 autocast for feature passes and training on a CPU with native bf16 (AVX512-BF16 or
-    # AMX; other CPUs stay in fp32). Saved with the model, which then scores the same way.
+    """Skip and count pairs whose chosen equals rejected (they state no preference), or raise."""
     cpu_bf16: bool = True
+    """bf16 autocast where the hardware computes bf16 natively (a GPU with bf16, a CPU with
+    AVX512-BF16 or AMX); elsewhere fp32. Saved with the model, which then scores the same way."""
 
     def validate(self) -> None:
+        from .model import FAMILIES
+        from .model import TURNS
+
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.train_layers < 0 or self.layers < 0:
@@ -184,10 +197,15 @@ class RMTrainConfig:
 def _bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
              margin: float = 0.0) -> torch.Tensor:
     """Bradley-Terry negative log-likelihood, with the chosen reply asked to lead by ``margin``."""
+    import torch.nn.functional as F
+
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
 def _optimiser(model: RewardModel, cfg: RMTrainConfig, steps: int):
+    from transformers import get_linear_schedule_with_warmup
+    import torch
+
     groups = [{"params": model.head.parameters(), "lr": cfg.head_lr, "weight_decay": 0.0}]
     if not cfg.freeze_encoder:
         groups.append({"params": model.encoder.parameters(), "lr": cfg.lr, "weight_decay": 0.01})
@@ -203,6 +221,10 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> list[np.nda
     similar lengths (transformers' length-grouped sampling) saves much of the compute on CPU;
     shuffling the batches keeps the order of lengths from being systematic.
     """
+    from .model import prompt_context
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    import torch
+
     lengths = [len(prompt_context(pair_field(p, "prompt"), cfg.turns))
                + max(len(pair_field(p, "chosen")), len(pair_field(p, "rejected"))) for p in pairs]
     g = torch.Generator().manual_seed(seed)
@@ -223,6 +245,9 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, se
     family's head reads the mean of the token states that the sentence encoder was trained to
     produce. ``rewardprompt bench rm`` times this loop against RewardTrainer on the same weights.
     """
+    from tqdm.auto import tqdm
+    import torch
+
     prompts = [pair_field(p, "prompt") for p in pairs]
     chosen = [pair_field(p, "chosen") for p in pairs]
     rejected = [pair_field(p, "rejected") for p in pairs]
@@ -259,6 +284,8 @@ def _train_head(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig
     (label 0) so both classes are present, which leaves the likelihood unchanged. Returns the raw
     scores of all training responses (chosen first); the chosen C is ``model.head_c``.
     """
+    import torch
+
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
@@ -366,8 +393,9 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
 def set_precision(model: BaseRewardModel, cfg: RMTrainConfig) -> str:
     """Apply ``cfg.cpu_bf16`` and record on the model (saved with it) whether its passes really
     run in bf16 here, so that it later scores the way it was fitted; returns "bf16" or "fp32"."""
-    model.cpu_bf16 = cfg.cpu_bf16
-    model.cpu_bf16 = model.uses_bf16()
+    from ..device import use_bf16
+
+    model.cpu_bf16 = use_bf16(model.device, cpu_bf16=cfg.cpu_bf16)
     return "bf16" if model.cpu_bf16 else "fp32"
 
 
@@ -384,6 +412,8 @@ def fine_tune(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, 
 def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str,
                   workdir: Path) -> tuple[BaseRewardModel, np.ndarray]:
     """One reward model trained with ``seed``; returns it and its training raw scores."""
+    from .model import family_class
+
     _seed_everything(seed)
     extra = ({"layers": cfg.layers, "pooling": cfg.pooling or "last"}
              if cfg.family == "decoder" else {})
@@ -406,6 +436,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     Returns the metrics also written to ``metrics.json``: held-out accuracy with its CI, ECE,
     counts (``n_train``, ``n_test``, ``skipped_identical``), timing and the config.
     """
+    from .model import RewardEnsemble
+
     from ..data import load_preferences, split_pairs
 
     cfg.validate()
@@ -416,6 +448,9 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         train, test = split_pairs(pairs, test_fraction=cfg.test_fraction)
     else:
         train, test = list(pairs), []
+    if cfg.eval_data:
+        test = drop_identical(load_preferences(cfg.eval_data, skip_bad=cfg.skip_bad),
+                              cfg.eval_data, cfg.drop_identical)[0]
     n_split = len(train)
     train = select_half(train, cfg.half)
     if not train:
@@ -423,7 +458,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         raise DataError(f"no training pairs left after holding out {cfg.test_fraction:.0%}{half} "
                         f"({len(pairs)} pairs loaded)", file=str(cfg.data), code="empty")
 
-    out = Path(cfg.out)
+    out = in_run(cfg.run, cfg.out, f"rm/{Path(str(cfg.data)).name.split('.')[0]}")
     tmp = out.with_name(out.name + ".tmp")
     for stale in (tmp, tmp.with_name(tmp.name + "-trainer")):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
@@ -474,4 +509,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     print(f"[rewardprompt] {what} saved to {out}: held-out accuracy "
           f"{metrics['accuracy']} [{metrics['ci_low']}, {metrics['ci_high']}] on "
           f"{metrics['n_test']} pairs, {train_seconds:.0f}s", flush=True)
+    if cfg.run:
+        summary = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n_test", "n_train",
+                                           "train_seconds")}
+        summary |= {"family": cfg.family, "half": cfg.half, "seed": cfg.seed,
+                    "eval_data": cfg.eval_data}
+        update_json(Path(cfg.run) / "metrics.json",
+                    lambda m: m.setdefault("rm", {}).update({out.name: summary}))
     return to_jsonable(metrics)

@@ -1,0 +1,253 @@
+"""The recipe: every stage end to end, from preference data per dimension to a report.
+
+    data -> rm_DIM, rm_DIM_test (per dimension) -> sample_steered -> label
+         -> sft_conditioned, sft_uncond_sft -> generate_conditioned, generate_uncond_sft
+         -> evaluate -> elo -> report
+
+A recipe composes the stages' own configs (``rm``, ``label``, ``sft``, ``sampling``,
+``evaluate``) and adds the few knobs that are its own: the data per dimension, how many pairs
+and prompts, the steering openers, the seed. It sets the fields that say where a stage reads and
+writes (and the seed) itself; a config that sets one of them is refused. ``rewardprompt demo`` is
+this recipe with ``configs/demo.yaml``. Each stage is recorded in the run's manifest, so a
+killed run resumes where it stopped (``runs.Run``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .backends.base import SamplingConfig
+from .evaluate.controllability import EvaluateConfig
+from .generate import GenerateConfig
+from .label import LabelConfig
+from .models import DEFAULT_POLICY
+from .policy.sft import SFTConfig
+from .rewards.train import RMTrainConfig
+from .runs import Run, update_json, write_jsonl
+from .template import RewardTemplate
+
+#: Fields of each nested stage config that the recipe sets (where the stage reads and writes,
+#: the seed, what only the recipe knows).
+OWNED = {
+    "rm": ("data", "out", "run", "eval_data", "half", "seed", "test_fraction"),
+    "label": ("pairs", "samples", "scorers", "out", "run", "policy"),
+    "sft": ("data", "out", "run", "model", "conditioned", "template", "seed"),
+    "sampling": ("seed",),
+    "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed"),
+}
+#: The two policies every run trains on the same labelled replies: the reward-conditioned one,
+#: and the unconditioned baseline (the same replies and steps, no reward block).
+POLICIES = {"conditioned": True, "uncond_sft": False}
+
+
+@dataclass
+class RecipeConfig:
+    """A whole run: reward models per dimension, labels, the conditioned policy and its
+    unconditioned baseline, evaluation on held-out prompts, Elo, and the report."""
+
+    out: str
+    """The run directory."""
+    data: dict[str, str] = field(default_factory=dict)
+    """Dimension -> preference pairs (a file, a shipped name or a Hub id); its order is the
+    block's. The hash split of the first user turn keeps test_fraction of them out."""
+    test_data: dict[str, str] = field(default_factory=dict)
+    """Dimension -> held-out pairs from another source (else the hash split's held-out part)."""
+    test_fraction: float = 0.2
+    """Share of each dimension's pairs held out by the hash split (when test_data lacks it)."""
+    scorers: dict[str, str] = field(default_factory=dict)
+    """Dimension -> a ready scorer that labels instead of a trained reward model (synthetic:...,
+    a reward-model folder, module:function)."""
+    test_rm: bool = True
+    """Also train a held-out test reward model per dimension (the other half of the training
+    pairs, seed + 1) that never labels; evaluate reports the reward under both."""
+    test_rm_family: str | None = None
+    """The test reward models' family (None: that of rm; another family uses its own shipped base)."""
+    policy: str = DEFAULT_POLICY
+    """The base policy: a shipped name, a Hub id or a folder."""
+    label_pairs: int = 40
+    """Training pairs per dimension whose prompts the policy is trained on."""
+    pair_replies: bool = False
+    """Label the pairs' chosen and rejected replies too."""
+    openers: list[str] = field(default_factory=list)
+    """Steered sampling: the base policy's replies to the training prompts are started with each
+    of these ('' = its own start), then labelled; empty: no steered samples."""
+    steer_samples: int = 2
+    """Steered samples per training prompt and opener."""
+    eval_prompts: int = 24
+    """Held-out prompts per dimension for evaluation."""
+    samples_per_prompt: int = 4
+    """Samples per evaluation prompt, each with its own drawn targets."""
+    seed: int = 0
+    """The one seed of the run: reward models (the test RMs seed + 1), SFT, sampling (steered
+    samples seed + 1), bootstrap."""
+    template: RewardTemplate = field(default_factory=RewardTemplate)
+    """The reward block (its dimensions are those of data, in order)."""
+    rm: RMTrainConfig = field(default_factory=lambda: RMTrainConfig(data=""))
+    """Reward-model training."""
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """Labelling."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Fine-tuning, the same for the conditioned policy and the baseline."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling of the evaluation generations."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Evaluation."""
+
+    def validate(self) -> None:
+        """Refuse what would fail or mislead only minutes later, before any file is written."""
+        from .rewards.model import FAMILIES
+
+        if not self.data:
+            raise ValueError("the recipe needs data: dimension -> preference source")
+        unknown = sorted((set(self.test_data) | set(self.scorers)) - set(self.data))
+        if unknown:
+            raise ValueError(f"test_data/scorers name dimensions that data lacks: {unknown}")
+        if tuple(self.template.dimensions) not in (RewardTemplate().dimensions, tuple(self.data)):
+            raise ValueError("template.dimensions comes from data (its keys, in order); "
+                             "remove it from the template")
+        for family in (self.rm.family, self.test_rm_family):
+            if family is not None and family not in FAMILIES:
+                raise ValueError(f"reward-model family must be one of {FAMILIES}, not {family!r}")
+        if not self.pair_replies and not (self.openers and self.steer_samples > 0):
+            raise ValueError("nothing to label: turn on pair_replies or give openers "
+                             "(and steer_samples >= 1)")
+        for name, owned in OWNED.items():
+            sub = getattr(self, name)
+            default = type(sub)(data="") if name == "rm" else type(sub)()
+            set_by_user = [f for f in owned if getattr(sub, f) != getattr(default, f)]
+            if set_by_user:
+                raise ValueError(f"{', '.join(f'{name}.{f}' for f in set_by_user)}: set by the "
+                                 "recipe (where the stage reads and writes, and the seed); "
+                                 "remove it from the config")
+
+    def template_dict(self) -> dict:
+        return replace(self.template, dimensions=tuple(self.data)).to_dict()
+
+
+def run_recipe(cfg: RecipeConfig) -> dict:
+    """Run (or resume) the recipe into ``cfg.out``; returns the headline figures per dimension."""
+    from .data import SHIPPED
+    from .evaluate.controllability import run_evaluate
+    from .evaluate.elo import EloConfig, run_elo
+    from .generate import run_generate
+    from .label import run_label
+    from .policy.sft import run_sft
+    from .report.html import build_report
+    from .rewards.train import train_reward_model
+
+    cfg.validate()
+    template = cfg.template_dict()
+    dims = tuple(template["dimensions"])
+    run = Run(cfg.out, config=cfg, seed=cfg.seed)
+    d, rundir = run.path("data"), str(run.dir)
+    sources = {**{f"{dim}": cfg.data[dim] for dim in dims},
+               **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()}}
+    source_files = [str(SHIPPED.get(s) or s) for s in sources.values()
+                    if Path(str(SHIPPED.get(s) or s)).is_file()]
+    for name, src in sources.items():  # a resume over changed data stops here
+        run.record_data(f"source:{name}", SHIPPED.get(src) or src)
+
+    split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in ("train", "test")]
+    prompt_files = [d / "label_pairs.jsonl", d / "eval_prompts.jsonl"]
+    run.stage("data", lambda: write_data(cfg, d), config={k: getattr(cfg, k) for k in (
+        "data", "test_data", "test_fraction", "label_pairs", "eval_prompts")},
+        inputs=source_files, outputs=split_files + prompt_files)
+
+    # Reward models: a labelling RM per dimension (the first half of its training pairs) and a
+    # held-out test RM (the second half, seed + 1) that only evaluate reads.
+    scorers, test_scorers = dict(cfg.scorers), {}
+    for dim in dims:
+        if dim in scorers:
+            continue
+        for is_test in (False, True) if cfg.test_rm else (False,):
+            key = f"{dim}-test" if is_test else dim
+            family = (cfg.test_rm_family or cfg.rm.family) if is_test else cfg.rm.family
+            rm = replace(cfg.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run.path("rm", key)),
+                         run=rundir, eval_data=str(d / f"{dim}-test.jsonl"), test_fraction=0.0,
+                         half=("second" if is_test else "first") if cfg.test_rm else None,
+                         seed=cfg.seed + is_test, family=family,
+                         base_model=cfg.rm.base_model if family == cfg.rm.family else None)
+            run.stage(f"rm_{key.replace('-', '_')}", lambda rm=rm: train_reward_model(rm),
+                      config=rm, inputs=[rm.data, rm.eval_data], outputs=[rm.out])
+            (test_scorers if is_test else scorers)[dim] = rm.out
+
+    samples = []
+    if cfg.openers and cfg.steer_samples > 0:
+        steered = GenerateConfig(
+            prompts=str(d / "label_pairs.jsonl"), model=cfg.policy, run=rundir, label="steered",
+            conditioned=False, samples_per_prompt=cfg.steer_samples, prefills=list(cfg.openers),
+            max_prompt_tokens=cfg.sft.max_prompt_tokens,
+            sampling=replace(cfg.sampling, max_new_tokens=cfg.label.max_completion_tokens,
+                             seed=cfg.seed + 1))
+        samples = [str(run.path("generate", "steered.jsonl"))]
+        run.stage("sample_steered", lambda: run_generate(steered), config=steered,
+                  inputs=[steered.prompts], outputs=samples)
+
+    label = replace(cfg.label, pairs=[str(d / "label_pairs.jsonl")] if cfg.pair_replies else [],
+                    samples=samples, scorers=scorers, run=rundir, policy=cfg.policy)
+    label_out = str(run.path("label", "train.jsonl"))
+    run.stage("label", lambda: run_label(label), config=label,
+              inputs=label.pairs + samples + _paths(scorers), outputs=[label_out])
+
+    for name, conditioned in POLICIES.items():
+        sft = replace(cfg.sft, run=rundir, model=cfg.policy, conditioned=conditioned,
+                      template=template, seed=cfg.seed)
+        run.stage(f"sft_{name}", lambda sft=sft: run_sft(sft), config=sft, inputs=[label_out],
+                  outputs=[run.path("sft", name, "final")])
+    for name, conditioned in POLICIES.items():
+        gen = GenerateConfig(
+            prompts=str(d / "eval_prompts.jsonl"), model=str(run.path("sft", name, "final")),
+            run=rundir, label=name, conditioned=conditioned, template=template,
+            samples_per_prompt=cfg.samples_per_prompt, max_prompt_tokens=cfg.sft.max_prompt_tokens,
+            sampling=replace(cfg.sampling, seed=cfg.seed))
+        run.stage(f"generate_{name}", lambda gen=gen: run_generate(gen), config=gen,
+                  inputs=[gen.prompts, gen.model], outputs=[run.path("generate", f"{name}.jsonl")])
+
+    generations = [str(run.path("generate", f"{name}.jsonl")) for name in POLICIES]
+    evaluation = replace(cfg.evaluate, generations=generations, scorers=scorers,
+                         test_scorers=test_scorers, run=rundir, seed=cfg.seed,
+                         openers=[o for o in cfg.openers if o])
+    run.stage("evaluate", lambda: run_evaluate(evaluation), config=evaluation,
+              inputs=generations + _paths(scorers) + _paths(test_scorers),
+              outputs=[run.path("eval", "scores.jsonl")])
+    # Head-to-head ranking of the models on the same prompts, judged by the first dimension's
+    # labelling scorer.
+    elo = EloConfig(judge=scorers[dims[0]], generations=generations, run=rundir,
+                    n_boot=cfg.evaluate.n_boot, seed=cfg.seed)
+    run.stage("elo", lambda: {"models": run_elo(elo)["models"]}, config=elo,
+              inputs=generations + _paths([elo.judge]), outputs=[run.path("elo.json")])
+    metrics = update_json(run.path("metrics.json"), lambda m: m.update(
+        budget={"pipeline_wall_s": run.total_wall_s(),
+                "peak_rss_mib": run.manifest.get("peak_rss_mib")}))
+    run.stage("report", lambda: {"report": str(build_report(run.dir))}, force=True)
+    return {dim: {k: metrics[dim].get(k) for k in ("pearson_r", "ci_low", "ci_high")}
+            for dim in dims} | {"report": str(run.path("report.html"))}
+
+
+def _paths(specs) -> list[str]:
+    """The scorer specs that are folders or files (their hashes key the stages that read them)."""
+    values = specs.values() if isinstance(specs, dict) else specs
+    return [str(s) for s in values if Path(str(s)).exists()]
+
+
+def write_data(cfg: RecipeConfig, d: Path) -> dict:
+    """Per dimension the training and held-out pairs; the policy's training prompts (the first
+    label_pairs training pairs of each dimension) and the evaluation prompts (the first
+    eval_prompts held-out ones), so that no evaluation prompt was ever trained on."""
+    from .data import load_preferences, split_pairs
+
+    label, evals, counts = [], [], {}
+    for dim, source in cfg.data.items():
+        pairs = load_preferences(source, skip_bad=True)
+        if dim in cfg.test_data:
+            train, test = pairs, load_preferences(cfg.test_data[dim], skip_bad=True)
+        else:
+            train, test = split_pairs(pairs, cfg.test_fraction)
+        for side, rows in (("train", train), ("test", test)):
+            write_jsonl(d / f"{dim}-{side}.jsonl", (p.to_dict() for p in rows))
+            counts[f"{dim}-{side}"] = len(rows)
+        label += train[:cfg.label_pairs]
+        evals += test[:cfg.eval_prompts]
+    write_jsonl(d / "label_pairs.jsonl", (p.to_dict() for p in label))
+    write_jsonl(d / "eval_prompts.jsonl", ({"id": p.id, "prompt": p.prompt} for p in evals))
+    return counts | {"label_pairs": len(label), "eval_prompts": len(evals)}
