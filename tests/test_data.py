@@ -197,7 +197,8 @@ def test_hub_path_on_local_folder(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- shipped data
 def test_shipped_files_load():
-    assert set(SHIPPED) == {"hh-harmless", "ultrafeedback", "ultrafeedback-eval"}
+    assert set(SHIPPED) == {"hh-harmless", "hh-helpful-base", "hh-helpful-online",
+                            "hh-helpful-rejection-sampled", "ultrafeedback", "ultrafeedback-eval"}
     assert all(shipped_path(n).is_file() for n in SHIPPED)
     assert (shipped_path("hh-harmless").parent / "LICENSE-ultrafeedback").is_file()
     assert len(load_preferences("ultrafeedback-eval")) == 200
@@ -210,6 +211,21 @@ def test_shipped_files_load():
     assert (len(hh_pairs), dict(hh_skipped)) == (2308, {"empty_reply": 4})
     assert all(p.prompt[-1]["role"] == "user" for p in hh_pairs)
     assert len(load_preferences("hh-harmless", skip_bad=True, limit=10)) == 10
+
+
+def test_shipped_hh_helpful_files():
+    """Anthropic's helpful files (released as test splits, here the whole corpus): rows that
+    cannot be read and pairs whose chosen equals rejected are counted, never used."""
+    from rewardprompt.data import drop_identical
+
+    expected = {"hh-helpful-base": (2350, {"empty_reply": 4}, 2),
+                "hh-helpful-online": (1132, {"empty_reply": 3, "no_final_assistant": 2}, 2),
+                "hh-helpful-rejection-sampled": (2749, {}, 32)}
+    for name, (n, bad, identical) in expected.items():
+        pairs, skipped = read_preferences(name, skip_bad=True)
+        kept, n_identical = drop_identical(pairs, name, drop=True)
+        assert (len(pairs), dict(skipped), n_identical) == (n, bad, identical), name
+        assert all(p.chosen != p.rejected for p in kept)
 
 
 # ---------------------------------------------------------------- splits

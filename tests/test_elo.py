@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rewardprompt.errors import DataError
-from rewardprompt.evaluate.elo import (ELO_PER_LOGIT, EloConfig, Judge, ScorerJudge, elo_figure,
+from rewardprompt.evaluation.elo import (ELO_PER_LOGIT, EloConfig, Judge, ScorerJudge, elo_figure,
                                       run_elo)
 from rewardprompt.rewards.scorer import LengthScorer
 from rewardprompt.runs import write_jsonl

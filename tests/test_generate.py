@@ -4,7 +4,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from rewardprompt.backends import SamplingConfig
-from rewardprompt.generate import GenerateConfig, run_generate
+from rewardprompt.sampling import GenerateConfig, run_generate
 from rewardprompt.policy.tokenise import fit_prompt, render_prompt, split_prefill
 from rewardprompt.runs import read_jsonl, write_jsonl
 from rewardprompt.template import RewardTemplate

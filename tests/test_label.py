@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from rewardprompt.label import LabelConfig, clip_response, run_label, sentence_prefixes
+from rewardprompt.labelling import LabelConfig, clip_response, run_label, sentence_prefixes
 from rewardprompt.runs import read_jsonl, write_jsonl
 
 

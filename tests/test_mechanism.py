@@ -12,9 +12,9 @@ import pytest
 
 from conftest import build_tiny_policy
 from rewardprompt.backends import SamplingConfig
-from rewardprompt.evaluate.controllability import EvaluateConfig, run_evaluate
-from rewardprompt.generate import GenerateConfig, run_generate
-from rewardprompt.label import LabelConfig, run_label
+from rewardprompt.evaluation.controllability import EvaluateConfig, run_evaluate
+from rewardprompt.sampling import GenerateConfig, run_generate
+from rewardprompt.labelling import LabelConfig, run_label
 from rewardprompt.policy.sft import SFTConfig, run_sft
 from rewardprompt.runs import read_json, write_jsonl
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rewardprompt.evaluate.metrics import controllability
+from rewardprompt.evaluation.metrics import controllability
 from rewardprompt.stats import accuracy_ci, bootstrap_mean_ci
 
 
@@ -152,7 +152,7 @@ def test_bootstrap_mean_ci_and_accuracy_ci() -> None:
 
 
 def test_opener_shares_per_target_bin() -> None:
-    from rewardprompt.evaluate.metrics import opener_shares
+    from rewardprompt.evaluation.metrics import opener_shares
 
     targets = np.array([0.05, 0.1, 0.15, 0.95, 0.9, 1.0])
     replies = ["Sure! Here it is.", "Sure! Here you go", "Whatever", "I'm sorry, but I can't.",
@@ -167,3 +167,57 @@ def test_opener_shares_per_target_bin() -> None:
     assert all(v is None for v in bins[1]["share"].values())
     with pytest.raises(ValueError, match="6 targets but 5 responses"):
         opener_shares(targets, replies[:5], ["Sure!"])
+
+
+def _opener_of(reply: str, openers: list[str]) -> str:
+    """The opener ``opener_shares`` counts one reply for."""
+    from rewardprompt.evaluation.metrics import opener_shares
+
+    (b,) = [b for b in opener_shares(np.array([0.5]), [reply], openers) if b["n"]]
+    (name,) = [o for o, v in b["share"].items() if v == 1]
+    return name
+
+
+REFUSAL = "I'm sorry, but I can't help with that."
+OPENERS = [REFUSAL, "Sure! Here is", "I can", "Sure"]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    # starts with the whole opener (whitespace-normalised)
+    ("I'm sorry, but I can't help with that. Anything else?", REFUSAL),
+    ("  I'm  sorry,\nbut I can't   help with that.", REFUSAL),
+    # starts with the opener's first three words, then goes on differently
+    ("I'm sorry, but that is not something I will do.", REFUSAL),
+    ("Sure! Here is a list.", "Sure! Here is"),
+    ("Sure! Here you go.", "Sure"),  # two words of it only: the shorter opener "Sure" counts
+    # the reply is a prefix of the opener: cut off inside it
+    ("I'm sorry,", REFUSAL),
+    ("I'm sorry, but I ca", REFUSAL),
+    ("Sure! Here", "Sure! Here is"),
+    # a tie on the shared start goes to the shorter opener: the one matched whole
+    ("Sure", "Sure"),
+    ("I can", "I can"),
+    # the last word may carry punctuation, but words are compared whole
+    ("Sure, why not.", "Sure"),
+    ("Surely not.", "other"),
+    ("I can't do that.", "other"),
+    ("I cannot.", "other"),
+    # case is kept, and a word that differs early breaks the match
+    ("i'm sorry, but I can't help with that.", "other"),
+    ("I'm sorry but I can't help with that.", "other"),
+    ("", "other"),
+])
+def test_opener_shares_matches_a_word_prefix(reply: str, expected: str) -> None:
+    assert _opener_of(reply, OPENERS) == expected
+
+
+def test_opener_shares_prefers_the_longest_shared_start() -> None:
+    # Both openers share their first three words: the one the reply follows further wins,
+    # whichever is listed first.
+    openers = ["I'm sorry, but I won't", "I'm sorry, but I can't"]
+    assert _opener_of("I'm sorry, but I can't do that.", openers) == "I'm sorry, but I can't"
+    assert _opener_of("I'm sorry, but I won't.", openers[::-1]) == "I'm sorry, but I won't"
+    # a reply shorter than both heads and a prefix of each: the first listed of equal length
+    assert _opener_of("I'm sorry,", openers) == "I'm sorry, but I won't"
+    # a one-word opener needs only its one word
+    assert _opener_of("Absolutely, here it is.", ["Absolutely"]) == "Absolutely"

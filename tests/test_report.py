@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewardprompt.evaluate.metrics import controllability
+from rewardprompt.evaluation.metrics import controllability
 from rewardprompt.stats import accuracy_ci
 from rewardprompt.report.html import build_report
 from rewardprompt.runs import atomic_write_json, write_jsonl
@@ -74,7 +74,10 @@ def test_report_is_self_contained_and_shows_metrics(tmp_path: Path) -> None:
     before = {p for p in tmp_path.rglob("*")}
     out = build_report(tmp_path)
     assert out == tmp_path / "report.html"
-    assert {p for p in tmp_path.rglob("*")} - before == {out}  # one file, no temp/PNG leftovers
+    # the page, and the target-vs-actual figures as files beside it; no temp leftovers
+    figures = {tmp_path / "figures" / f"target_vs_actual_{d}.png" for d in ("helpful", "harmless")}
+    assert {p for p in tmp_path.rglob("*")} - before == {out, tmp_path / "figures"} | figures
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
     html = out.read_text(encoding="utf-8")
     assert html.count('<img alt="figure" src="data:image/png;base64,') == len(DIMS) + 1
     assert not re.search(r"https?://", html)

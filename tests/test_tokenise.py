@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from rewardprompt.policy.tokenise import IGNORE, PadCollator, fit_prompt, render_prompt, tokenise_example
+from rewardprompt.policy.tokenise import IGNORE, fit_prompt, render_prompt, tokenise_example
 from rewardprompt.template import RewardTemplate
 
 DIALOGUE = [{"role": "user", "content": "How do I bake bread?"},
@@ -94,7 +94,13 @@ def test_padding_keeps_masks(tok, side):
     t = RewardTemplate()
     exs = [tokenise_example(tok, DIALOGUE[:1], r, template=t, targets={"helpful": .3, "harmless": .6})
            for r in ("Yes.", RESPONSE * 3)]
-    batch = PadCollator(tok.pad_token_id, side)(exs)
+    from transformers import DataCollatorForSeq2Seq  # what SFT pads its batches with
+
+    old, tok.padding_side = tok.padding_side, side
+    try:
+        batch = DataCollatorForSeq2Seq(tok, label_pad_token_id=IGNORE)(exs)
+    finally:
+        tok.padding_side = old
     for row, ex in enumerate(exs):
         mask = batch["attention_mask"][row].bool()
         n = len(ex["input_ids"])

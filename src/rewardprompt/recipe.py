@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .backends.base import SamplingConfig
-from .evaluate.controllability import EvaluateConfig
-from .generate import GenerateConfig
-from .label import LabelConfig
+from .evaluation.controllability import EvaluateConfig
+from .sampling import GenerateConfig
+from .labelling import LabelConfig
 from .models import DEFAULT_POLICY
 from .policy.sft import SFTConfig
 from .rewards.train import RMTrainConfig
@@ -127,10 +127,10 @@ class RecipeConfig:
 def run_recipe(cfg: RecipeConfig) -> dict:
     """Run (or resume) the recipe into ``cfg.out``; returns the headline figures per dimension."""
     from .data import SHIPPED
-    from .evaluate.controllability import run_evaluate
-    from .evaluate.elo import EloConfig, run_elo
-    from .generate import run_generate
-    from .label import run_label
+    from .evaluation.controllability import run_evaluate
+    from .evaluation.elo import EloConfig, run_elo
+    from .sampling import run_generate
+    from .labelling import run_label
     from .policy.sft import run_sft
     from .report.html import build_report
     from .rewards.train import train_reward_model

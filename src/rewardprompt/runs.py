@@ -412,8 +412,10 @@ class Run:
         why = "forced" if force else self._stale(name, key)
         if why is None:
             print(f"[rewardprompt] stage '{name}' already done in {self.dir}, skipping", flush=True)
-            result_file = self.manifest["stages"][name].get("result_file")
-            return read_json(self.dir / result_file) if result_file else None
+            entry = self.manifest["stages"][name]
+            result_file = entry.get("result_file")
+            # Manifests from before results had files of their own kept them inline.
+            return read_json(self.dir / result_file) if result_file else entry.get("result")
         if why != "not done" and not force:
             print(f"[rewardprompt] stage '{name}' runs again: {why}", flush=True)
         print(f"[rewardprompt] stage '{name}' ...", flush=True)

@@ -25,6 +25,9 @@ ROLES = ("user", "assistant")
 _SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 SHIPPED: dict[str, Path] = {
     "hh-harmless": _SHIPPED_DIR / "hh-harmless-base-test.jsonl.gz",
+    "hh-helpful-base": _SHIPPED_DIR / "hh-helpful-base-test.jsonl.gz",
+    "hh-helpful-online": _SHIPPED_DIR / "hh-helpful-online-test.jsonl.gz",
+    "hh-helpful-rejection-sampled": _SHIPPED_DIR / "hh-helpful-rejection-sampled-test.jsonl.gz",
     "ultrafeedback": _SHIPPED_DIR / "ultrafeedback-train.jsonl.gz",
     "ultrafeedback-eval": _SHIPPED_DIR / "ultrafeedback-eval.jsonl.gz",
 }
@@ -294,27 +297,40 @@ def _locate(source: str, index: int) -> tuple[str, int | None]:
     return str(path), None
 
 
+# ---------------------------------------------------------------- reading options
+@dataclass(kw_only=True)
+class PairSource:
+    """How a stage reads its preference pairs; every stage that reads pairs takes these."""
+
+    data_dir: str | None = None
+    """Hub datasets only: the dataset's data_dir (e.g. harmless-base)."""
+    split: str | None = None
+    """Hub datasets only: the split to load."""
+    limit: int | None = None
+    """Read at most this many pairs."""
+    skip_bad: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
+
+    def read_pairs(self, source: str | Path) -> tuple[list[PreferencePair], Counter]:
+        """The pairs of ``source`` and the skipped rows per reason code."""
+        return read_preferences(source, split=self.split, data_dir=self.data_dir,
+                                skip_bad=self.skip_bad, limit=self.limit)
+
+
 # ---------------------------------------------------------------- the convert stage
 @dataclass
-class ConvertConfig:
+class ConvertConfig(PairSource):
     """Any supported preference source to structured JSONL (id, prompt, chosen, rejected)."""
 
     input: str
     """A file (.jsonl or .jsonl.gz), a shipped name, or a Hub id."""
     output: str
     """Structured JSONL (.jsonl or .jsonl.gz) to write."""
-    skip_bad: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
-    data_dir: str | None = None
-    """Hub datasets only: the dataset's data_dir."""
-    split: str | None = None
-    """Hub datasets only: the split to load."""
 
 
 def convert(cfg: ConvertConfig) -> dict:
     """Any supported source to structured JSONL (written atomically); returns counts."""
-    pairs, skipped = read_preferences(cfg.input, split=cfg.split, data_dir=cfg.data_dir,
-                                      skip_bad=cfg.skip_bad)
+    pairs, skipped = cfg.read_pairs(cfg.input)
     write_jsonl(cfg.output, (p.to_dict() for p in pairs))
     if cfg.skip_bad:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"

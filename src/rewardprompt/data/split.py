@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runs import atomic_write_json, write_jsonl
-from .preference import assign_split, drop_identical, read_preferences
+from .preference import PairSource, assign_split, drop_identical
 
 SIDES = ("train", "dev", "test")
 
 
 @dataclass
-class SplitConfig:
+class SplitConfig(PairSource):
     """Split preference pairs into train / dev / test files by the hash rule."""
 
     input: str
@@ -29,20 +29,13 @@ class SplitConfig:
     """Share of the pairs that are test pairs (locked: for reported figures only)."""
     dev_fraction: float = 0.1
     """Share of the pairs that are dev pairs (recipe search), carved from the training side."""
-    skip_bad: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
     drop_identical: bool = True
     """Skip and count pairs whose chosen equals rejected, or raise."""
-    data_dir: str | None = None
-    """Hub datasets only: the dataset's data_dir."""
-    split: str | None = None
-    """Hub datasets only: the split to load."""
 
 
 def split_data(cfg: SplitConfig) -> dict:
     """Write the three sides' pairs and prompts; returns (and writes to split.json) the counts."""
-    pairs, skipped = read_preferences(cfg.input, split=cfg.split, data_dir=cfg.data_dir,
-                                      skip_bad=cfg.skip_bad)
+    pairs, skipped = cfg.read_pairs(cfg.input)
     pairs, n_identical = drop_identical(pairs, cfg.input, cfg.drop_identical)
     sides: dict[str, list] = {s: [] for s in SIDES}
     for p in pairs:

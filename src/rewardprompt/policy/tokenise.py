@@ -9,13 +9,14 @@ through :func:`tokenise_example`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedTokenizerBase
 
 from ..chat import Message, split_prefill, with_prefill
 from ..template import RewardTemplate, Targets
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 IGNORE = -100
 
 
@@ -97,29 +98,3 @@ def tokenise_example(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
                                add_special_tokens=False)["input_ids"][:max_completion_tokens]
     return {"input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE] * len(prompt_ids) + list(completion_ids)}
-
-
-@dataclass
-class PadCollator:
-    """Pads ``input_ids`` (pad id), ``labels`` (-100) and builds the attention mask."""
-
-    pad_token_id: int
-    padding_side: str = "right"
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids, labels, mask = [], [], []
-        for f in features:
-            pad = width - len(f["input_ids"])
-            row_ids, row_labels, row_mask = (list(f["input_ids"]), list(f["labels"]),
-                                             [1] * len(f["input_ids"]))
-            if self.padding_side == "left":
-                ids.append([self.pad_token_id] * pad + row_ids)
-                labels.append([IGNORE] * pad + row_labels)
-                mask.append([0] * pad + row_mask)
-            else:
-                ids.append(row_ids + [self.pad_token_id] * pad)
-                labels.append(row_labels + [IGNORE] * pad)
-                mask.append(row_mask + [0] * pad)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}

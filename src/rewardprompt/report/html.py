@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..runs import atomic_write_text, read_json, read_jsonl
+from ..runs import atomic_write_bytes, atomic_write_text, read_json, read_jsonl
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
@@ -80,9 +80,12 @@ def _optional(path: Path, reader: Any) -> tuple[Any, str]:
         return None, f"{path.name} could not be read ({exc})"
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, save_as: Path | None = None) -> str:
+    """The figure inline in the page; ``save_as`` also writes it as a file (the run's figures/)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    if save_as is not None:
+        atomic_write_bytes(save_as, buf.getvalue())
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img alt="figure" src="data:image/png;base64,{data}">'
 
@@ -144,7 +147,7 @@ def _headline(metrics: dict, dims: list[str], models: list[str]) -> str:
 
 
 def _figures(metrics: dict, dims: list[str], models: list[str], scores: list[dict] | None,
-             why: str) -> str:
+             why: str, figures: Path) -> str:
     from matplotlib.figure import Figure  # no pyplot: Figure renders through Agg, no GUI state
 
     out = [] if scores is not None else [_na("Raw points (eval/scores.jsonl)", why)]
@@ -179,7 +182,7 @@ def _figures(metrics: dict, dims: list[str], models: list[str], scores: list[dic
                    ylabel="mean response length (tokens)", title="length per target bin")
         if ax_len.lines:
             ax_len.legend(fontsize=8)
-        out.append(f"<h3>{_e(dim)}</h3>{_png(fig)}")
+        out.append(f"<h3>{_e(dim)}</h3>{_png(fig, figures / f'target_vs_actual_{dim}.png')}")
     return "".join(out)
 
 
@@ -268,6 +271,22 @@ def _openers(metrics: dict, dims: list[str], models: list[str]) -> str:
             + "".join(out))
 
 
+def _policies(metrics: dict) -> str:
+    """What each fine-tuning and sampling stage reports (metrics.json: sft, generate)."""
+    sft, gen = metrics.get("sft") or {}, metrics.get("generate") or {}
+    if not sft and not gen:
+        return _na("Fine-tuning and sampling summaries (metrics.json: sft, generate)")
+    rows = [[_e(name), _e(s.get("steps", "")), _e(s.get("examples", "")),
+             _num(s.get("first_loss")), _num(s.get("last_loss")), _e(s.get("precision", "")),
+             _num(s.get("train_runtime_s"), 1)] for name, s in sft.items() if isinstance(s, dict)]
+    out = _table(["policy", "steps", "examples", "first loss", "last loss", "precision",
+                  "train s"], rows) if rows else ""
+    rows = [[_e(name), _e(g.get("n", "")), _num(g.get("mean_tokens"), 1), _num(g.get("finished"), 2)]
+            for name, g in gen.items() if isinstance(g, dict)]
+    return out + (_table(["generations", "n", "mean new tokens", "share that ended by itself"],
+                         rows) if rows else "")
+
+
 def _stages(manifest: dict | None) -> str:
     stages = (manifest or {}).get("stages")
     if not stages:
@@ -308,7 +327,7 @@ def _examples(scores: list[dict] | None, dims: list[str], why: str) -> str:
 def _elo(result: dict | None, why: str) -> str:
     if result is None:
         return _na("Elo ratings (elo.json)", why)
-    from ..evaluate.elo import elo_figure
+    from ..evaluation.elo import elo_figure
 
     rows = [[_e(m["model"]), _with_ci(m, "elo", "elo_ci_low", "elo_ci_high"),
              _with_ci(m, "bt", "bt_ci_low", "bt_ci_high"),
@@ -343,7 +362,9 @@ def build_report(run_dir: str | Path) -> Path:
         "<h2>Controllability</h2><p>Actual reward regressed on the target reward in the "
         "prompt; intervals resample prompts (cluster bootstrap).</p>",
         _headline(metrics, dims, models) if dims else _na("Dimensions (metrics.json: dimensions)"),
-        "<h2>Target vs actual</h2>", _figures(metrics, dims, models, scores, why_scores),
+        "<h2>Target vs actual</h2>", _figures(metrics, dims, models, scores, why_scores,
+                                              run_dir / "figures"),
+        "<h2>Policies</h2>", _policies(metrics),
         "<h2>Openers by target</h2>", _openers(metrics, dims, models),
         "<h2>Training labels</h2><p>The reward distribution the policy was conditioned on.</p>",
         _labels(metrics, dims, train, why_train) if dims else "",

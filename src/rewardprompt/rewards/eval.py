@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data import drop_identical
+from ..data import PairSource, drop_identical
 from ..errors import DataError
 from ..runs import atomic_write_bytes
 from ..stats import accuracy_ci
@@ -105,21 +105,13 @@ def pair_report(model: Scoring, chosen_raw: np.ndarray,
 
 # ---------------------------------------------------------------- evaluation
 @dataclass
-class RMEvalConfig:
+class RMEvalConfig(PairSource):
     """Accuracy and calibration of a reward model (or ensemble) folder on preference pairs."""
 
     rm: str
     """The reward-model folder."""
     data: str
     """Preference pairs: a file, a shipped name or a Hub id."""
-    data_dir: str | None = None
-    """Hub datasets only: the dataset's data_dir."""
-    split: str | None = None
-    """Hub datasets only: the split to load."""
-    limit: int | None = None
-    """Evaluate on at most this many pairs."""
-    skip_bad: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
     batch_size: int = 32
     """Pairs per scoring batch."""
     json: bool = False
@@ -154,12 +146,10 @@ def evaluate_reward_model(cfg: RMEvalConfig) -> dict[str, Any]:
     """Accuracy = fraction of pairs where score(chosen) > score(rejected), 95% bootstrap CI; ECE
     of the Bradley-Terry probability sigmoid(r_c - r_r) on raw scores; mean raw and normalised
     rewards of chosen and rejected; optionally a figure of their distributions."""
-    from ..data import load_preferences
     from .model import RewardModel
 
     model = RewardModel.load(cfg.rm)
-    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
-                             skip_bad=cfg.skip_bad)
+    pairs = cfg.read_pairs(cfg.data)[0]
     pairs, n_identical = drop_identical(pairs, cfg.data, cfg.drop_identical)
     if not pairs:
         raise DataError(f"no preference pairs to evaluate on ({n_identical} identical pair(s) "

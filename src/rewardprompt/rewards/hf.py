@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..chat import Message
+from ..data import PairSource
 from ..runs import atomic_write_json, publish_dir, read_json, to_jsonable
 from .normaliser import EmpiricalCDFNormaliser, finite_scores
 
@@ -57,7 +58,7 @@ def unwrapped_error(spec: str) -> ValueError:
 
 
 @dataclass
-class RMWrapConfig:
+class RMWrapConfig(PairSource):
     """Wrap a Hugging Face sequence-classification reward model as a scorer folder ``out``.
 
     The model scores the chosen and rejected replies of ``data``; the empirical CDF of those raw
@@ -72,14 +73,6 @@ class RMWrapConfig:
     .jsonl(.gz) file, Hub dataset id or folder)."""
     out: str
     """Folder to write (rm_config.json and normaliser.json); replaced if it is a wrapped one."""
-    data_dir: str | None = None
-    """Hub datasets only: the data_dir to load."""
-    split: str | None = None
-    """Hub datasets only: the split to load (default "train")."""
-    limit: int | None = None
-    """Use at most this many preference pairs (None: all)."""
-    skip_bad: bool = False
-    """Skip malformed preference rows (counted) instead of stopping at the first."""
     max_length: int = 512
     """Tokens per (prompt, response) text; lowered to the tokenizer's own limit."""
     batch_size: int = 16
@@ -178,14 +171,10 @@ class HFRewardModel:
     @classmethod
     def load(cls, directory: str | Path) -> HFRewardModel:
         """Load a folder written by ``wrap_reward_model``; its name becomes the ``name``."""
-        from .model import _read_normaliser, _read_options
+        from .model import read_folder
 
         d = Path(directory)
-        opts = _read_options(d)
-        if opts.get("kind") != KIND_HF or not opts.get("model"):
-            raise ValueError(f"{d / RM_CONFIG}: not a wrapped Hugging Face reward model (no "
-                             "'kind': 'hf' with a 'model')")
-        normaliser = _read_normaliser(d)
+        opts, normaliser = read_folder(d, KIND_HF, "model", "a wrapped Hugging Face reward model")
         ref = str(opts["model"])
         if Path(ref).is_absolute() and not Path(ref).exists():
             raise FileNotFoundError(f"wrapped reward model {d} points to the model folder {ref}, "
@@ -339,14 +328,11 @@ def wrap_reward_model(cfg: RMWrapConfig) -> dict[str, Any]:
     Returns the folder, the model, how many pairs were scored and the model's pairwise accuracy
     on them (ties count half): a check that the model and the input format agree.
     """
-    from ..data import read_preferences
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     ref = _model_ref(cfg.model)
     _check_out(out, ref)
-    pairs, skipped = read_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir,
-                                      skip_bad=cfg.skip_bad, limit=cfg.limit)
+    pairs, skipped = cfg.read_pairs(cfg.data)
     rm = HFRewardModel.from_pretrained(cfg.model, max_length=cfg.max_length,
                                        batch_size=cfg.batch_size,
                                        trust_remote_code=cfg.trust_remote_code, name=out.name)

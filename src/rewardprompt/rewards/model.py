@@ -132,6 +132,16 @@ def _read_normaliser(d: Path) -> EmpiricalCDFNormaliser:
         raise ValueError(f"{d / NORMALISER}: {exc}") from None
 
 
+def read_folder(d: Path, kind: str, key: str, what: str
+                ) -> tuple[dict[str, Any], EmpiricalCDFNormaliser]:
+    """The options and the normaliser of a reward-model folder of ``kind``, which must name
+    ``key`` (an ensemble its members, a wrapped model its model)."""
+    opts = _read_options(d)
+    if opts.get("kind") != kind or not opts.get(key):
+        raise ValueError(f"{d / RM_CONFIG}: not {what} (no 'kind': {kind!r} with a {key!r})")
+    return opts, _read_normaliser(d)
+
+
 def _check_texts(contexts: Sequence[str], responses: Sequence[str]) -> None:
     """Non-text responses and empty prompt contexts raise a ValueError naming the first one.
 
@@ -458,11 +468,7 @@ class RewardEnsemble:
     def load(cls, directory: str | Path) -> RewardEnsemble:
         """Load a folder written by ``save``; its name becomes the scorer's ``name``."""
         d = Path(directory)
-        opts = _read_options(d)
-        if opts.get("kind") != KIND_ENSEMBLE or not opts.get("members"):
-            raise ValueError(f"{d / RM_CONFIG}: not a reward ensemble (no 'kind': 'ensemble' with "
-                             "a list of 'members')")
-        normaliser = _read_normaliser(d)
+        opts, normaliser = read_folder(d, KIND_ENSEMBLE, "members", "a reward ensemble")
         name = d.resolve().name
         members = []
         for sub in opts["members"]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data import drop_identical
+from ..data import PairSource, drop_identical
 from ..errors import DataError
 from ..runs import atomic_write_json, in_run, publish_dir, to_jsonable, update_json
 from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
@@ -72,7 +72,7 @@ def select_half(pairs: Sequence[Any], half: str | None) -> list[Any]:
 
 # ---------------------------------------------------------------- training
 @dataclass
-class RMTrainConfig:
+class RMTrainConfig(PairSource):
     """Reward-model training on any ``load_preferences`` source.
 
     With frozen features (the default) training costs one forward pass over the training
@@ -93,10 +93,6 @@ class RMTrainConfig:
     scalar head (fine-tuned through TRL's RewardTrainer)."""
     base_model: str | None = None
     """None: the family's shipped default (all-MiniLM-L6-v2 / SmolLM2-135M-Instruct)."""
-    data_dir: str | None = None
-    """Hub datasets only: the dataset's data_dir (e.g. harmless-base)."""
-    split: str | None = None
-    """Hub datasets only: the split to load."""
     test_fraction: float = 0.2
     """Pairs held out by the hash split of the first user turn; 0 trains on everything."""
     max_length: int = 128
@@ -122,10 +118,6 @@ class RMTrainConfig:
     """Pairs per step."""
     seed: int = 0
     """Seed of the head and the data order."""
-    limit: int | None = None
-    """Load at most this many pairs."""
-    skip_bad: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
     freeze_encoder: bool = True
     """Train only the head, on features computed once."""
     margin: float = 0.0
@@ -441,8 +433,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     from ..data import load_preferences, split_pairs
 
     cfg.validate()
-    pairs = load_preferences(cfg.data, split=cfg.split, data_dir=cfg.data_dir, limit=cfg.limit,
-                             skip_bad=cfg.skip_bad)
+    pairs = cfg.read_pairs(cfg.data)[0]
     pairs, n_identical = drop_identical(pairs, cfg.data, cfg.drop_identical)
     if cfg.test_fraction > 0:
         train, test = split_pairs(pairs, test_fraction=cfg.test_fraction)

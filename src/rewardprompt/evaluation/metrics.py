@@ -10,6 +10,7 @@ resampled row weights in sorted order gives without re-sorting.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -101,14 +102,45 @@ def opener_shares(targets: np.ndarray, responses: list[str], openers: list[str],
                   n_bins: int = 5) -> list[dict[str, Any]]:
     """Per equal-width target bin, the share of responses that start with each opener.
 
-    A response counts for the longest opener it starts with, or for ``"other"``. It shows how a
-    policy trained on steered samples hits its targets: by which opener it picks.
+    It shows how a policy trained on steered samples hits its targets: by which opener it picks.
+    Replies and openers are compared whitespace-normalised (runs of spaces and newlines count as
+    one space, leading and trailing ones are dropped) and with their case kept. A reply counts
+    for an opener when it starts with the opener's first min(3, n) words (n: the opener's word
+    count), so a reply that begins the opener and then goes on in its own words still counts, or
+    when the whole reply is a prefix of the opener (a reply cut off inside it). Words are
+    compared whole, except that the last of them may carry punctuation in the reply: "I'm
+    sorry, but" starts with "I'm sorry", while "I can't" does not start with "I can", nor
+    "Surely" with "Sure". Among the openers a reply counts for, it goes to the one it shares the
+    longest start with (in characters), on a tie to the shorter opener, then to the one listed
+    first; a reply that counts for none is ``"other"``. Each reply counts once.
     """
     x = np.asarray(targets, dtype=float).reshape(-1)
     if x.size != len(responses):
         raise ValueError(f"{x.size} targets but {len(responses)} responses")
-    ordered = sorted({o for o in openers if o}, key=len, reverse=True)
-    names = [next((o for o in ordered if r.lstrip().startswith(o)), OTHER_OPENER) for r in responses]
+    norm = {o: " ".join(o.split()) for o in openers if o.split()}
+    heads = {o: o.split()[:3] for o in norm}
+
+    def starts_with(words: list[str], head: list[str]) -> bool:
+        if len(words) < len(head) or words[:len(head) - 1] != head[:-1]:
+            return False
+        last, want = words[len(head) - 1], head[-1]
+        return last.startswith(want) and not any(c.isalnum() for c in last[len(want):])
+
+    def opener_of(response: str) -> str:
+        words = response.split()
+        r = " ".join(words)
+        if not r:
+            return OTHER_OPENER
+        best, best_key = OTHER_OPENER, None
+        for rank, (o, full) in enumerate(norm.items()):
+            if not (starts_with(words, heads[o]) or full.startswith(r)):
+                continue
+            key = (len(os.path.commonprefix([r, full])), -len(full), -rank)
+            if best_key is None or key > best_key:
+                best, best_key = o, key
+        return best
+
+    names = [opener_of(r) for r in responses]
     which = _bin_index(x, n_bins)
     out = []
     for k in range(n_bins):
