@@ -47,14 +47,14 @@ def test_help_lists_every_stage(capsys):
 
 def test_nested_yaml_config_becomes_dataclasses():
     from rewardprompt.backends import SamplingConfig
-    from rewardprompt.cli import _from_dict
+    from rewardprompt.config import from_dict
     from rewardprompt.recipe import RecipeConfig
 
-    cfg = _from_dict(RecipeConfig, {"out": "x", "sft": {"max_steps": 5},
+    cfg = from_dict(RecipeConfig, {"out": "x", "sft": {"max_steps": 5},
                                     "sampling": {"max_new_tokens": 7}})
     assert cfg.sft.max_steps == 5 and cfg.sampling == SamplingConfig(max_new_tokens=7)
     with pytest.raises(ValueError, match="unknown config key.*sampling.nope"):
-        _from_dict(RecipeConfig, {"out": "x", "sampling": {"nope": 1}})
+        from_dict(RecipeConfig, {"out": "x", "sampling": {"nope": 1}})
 
 
 def test_one_name_everywhere_flag_and_yaml(tmp_path):
@@ -63,19 +63,31 @@ def test_one_name_everywhere_flag_and_yaml(tmp_path):
     from rewardprompt.cli import parse
 
     (tmp_path / "my.yaml").write_text("include: demo\nout: runs/mine\nsft: {lr: 0.5}\n"
-                                      "data: {quality: mine.jsonl}\n")
+                                      "data: {quality: mine.jsonl}\n")  # test_data follows data
     cfg = parse("run", ["--config", str(tmp_path / "my.yaml"), "--sft.max-steps", "3"])
     assert (cfg.sft.lr, cfg.sft.max_steps, cfg.out) == (0.5, 3, "runs/mine")
     assert cfg.data == {"quality": "mine.jsonl"}          # data is replaced, not merged
     assert cfg.sft.max_prompt_tokens == 80                # the rest comes from demo.yaml
     assert parse("demo", ["--sft.lr", "0.25"]).sft.lr == 0.25
+    # the same from Python, and YAML 1.2 numbers: 1e-3 is a float, a quoted number is refused
+    from rewardprompt.config import load_config
+    from rewardprompt.recipe import RecipeConfig
+
+    cfg = load_config(RecipeConfig, str(tmp_path / "my.yaml"), sft={"max_steps": 3})
+    assert (cfg.sft.lr, cfg.sft.max_steps, cfg.test_data) == (0.5, 3, {})
+    (tmp_path / "typed.yaml").write_text("out: x\ndata: {q: a}\nsft: {lr: 1e-3}\n")
+    assert load_config(RecipeConfig, str(tmp_path / "typed.yaml")).sft.lr == 1e-3
+    (tmp_path / "bad.yaml").write_text("out: x\ndata: {q: a}\nlabel_pairs: '40'\n")
+    with pytest.raises(ValueError, match="label_pairs: expected an integer"):
+        load_config(RecipeConfig, str(tmp_path / "bad.yaml"))
     (tmp_path / "noout.yaml").write_text("include: demo\n")
     with pytest.raises(SystemExit):                       # out is never inherited
         parse("run", ["--config", str(tmp_path / "noout.yaml")])
 
 
 def test_presets_are_files_and_every_preset_parses(capsys):
-    from rewardprompt.cli import PRESET_DIR, parse
+    from rewardprompt.cli import parse
+    from rewardprompt.config import PRESET_DIR
 
     names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     assert {"demo", "long", "pairs", "steered"} <= set(names)
@@ -129,3 +141,23 @@ def test_help_is_fast():
             "if m in sys.modules]\nprint('HEAVY', heavy)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_recipe_checks_before_any_file(tmp_path):
+    """A test RM of another family drops the decoder-only options; bad dimension names stop."""
+    from pathlib import Path
+
+    from rewardprompt.cli import parse
+
+    cfg = parse("demo", ["--out", str(tmp_path / "r"), "--test-rm-family", "encoder"])
+    cfg.validate()
+    test_rm = cfg.rm_config("harmless", True, Path("r"))
+    assert (test_rm.family, test_rm.layers, test_rm.pooling, test_rm.seed) == ("encoder", 0, None, 1)
+    assert cfg.rm_config("harmless", False, Path("r")).layers == 12
+    from rewardprompt.config import load_config
+    from rewardprompt.recipe import RecipeConfig
+
+    for bad in ("a-b", "x/y", "helpful_test"):
+        cfg = load_config(RecipeConfig, "demo", out="r", data={bad: "f.jsonl"})
+        with pytest.raises(ValueError, match="letters, digits"):
+            cfg.validate()

@@ -51,7 +51,6 @@ def test_own_data_one_dimension_one_command(tmp_path, tiny_policy):
 include: demo
 out: {tmp_path / 'run'}
 data: {{quality: {pairs}}}
-test_data: {{}}
 policy: {tiny_policy}
 label_pairs: 12
 eval_prompts: 4
@@ -97,8 +96,8 @@ def test_a_run_made_stage_by_stage_gets_a_complete_report(tmp_path, tiny_policy)
     cli("label", "--samples", str(run / "generate/steered.jsonl"), "--scorers", "quality",
         str(run / "rm/quality"), "--run", str(run), "--policy", str(tiny_policy),
         "--max-completion-tokens", "16", cwd=tmp_path)
-    for conditioned in ("True", "False"):
-        cli("sft", "--run", str(run), "--model", str(tiny_policy), "--conditioned", conditioned,
+    for conditioned in ("--conditioned", "--no-conditioned"):
+        cli("sft", "--run", str(run), "--model", str(tiny_policy), conditioned,
             "--max-steps", "4", "--batch-size", "4", "--save-steps", "2",
             "--max-prompt-tokens", "96", "--template", "position", "reply", cwd=tmp_path)
     for name in ("conditioned", "uncond_sft"):

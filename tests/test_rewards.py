@@ -254,7 +254,7 @@ def test_score_file(trained, tmp_path):
     with pytest.raises(DataError, match=r"line 2.*'response'"):
         score_file(RMScoreConfig(rm=str(out), input=str(bad), output=str(tmp_path / "x.jsonl")))
     write_jsonl(bad, [rows[0], {"prompt": rows[0]["prompt"], "response": 3}])
-    with pytest.raises(DataError, match=r"line 2, field 'response': missing or not a string"):
+    with pytest.raises(DataError, match=r"line 2, field 'response': expected a string, got int"):
         score_file(RMScoreConfig(rm=str(out), input=str(bad), output=str(tmp_path / "x.jsonl")))
     assert not (tmp_path / "x.jsonl").exists()
 

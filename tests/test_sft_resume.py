@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from rewardprompt.policy import sft as sft_mod
 from rewardprompt.policy.meta import read_policy_meta
 from rewardprompt.policy.sft import SFT_CONFIG, SFTConfig, run_sft
-from rewardprompt.runs import atomic_write_json, to_jsonable
+from rewardprompt.runs import atomic_write_json, file_hash, to_jsonable
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_same_config_returns_the_saved_metrics_without_training(tiny_policy, lab
     assert (out / "final" / "sft_metrics.json").is_file()
     assert not list(out.glob("checkpoint-*"))  # removed once the final model is complete
     saved = json.loads((out / SFT_CONFIG).read_text())
-    assert saved == to_jsonable(cfg)
+    assert saved == to_jsonable(cfg) | {"labels": file_hash(labelled)}  # and what it trained on
     monkeypatch.setattr(sft_mod, "_train", _no_training)
     assert run_sft(_cfg(labelled, out, tiny_policy)) == first
     # overwrite with an unchanged config discards nothing
@@ -98,4 +99,18 @@ def test_a_checkpoint_of_another_config_is_not_continued(tiny_policy, labelled, 
     assert (out / "checkpoint-1").is_dir()  # refused, not deleted
     # Only where it lives differs: the same run, moved, may continue.
     moved = dataclasses.replace(config_a, out=str(tmp_path / "elsewhere"))
-    sft_mod._check_previous(moved, out)
+    sft_mod._check_previous(moved, out, "sha256:any")
+
+
+def test_a_model_trained_on_other_labels_is_not_reused(tiny_policy, labelled, tmp_path,
+                                                       monkeypatch):
+    """The same config over relabelled data: the saved model was trained on other labels."""
+    out = tmp_path / "sft"
+    cfg = _cfg(labelled, out, tiny_policy)
+    run_sft(cfg)
+    rows = [json.loads(line) for line in Path(labelled).read_text().splitlines()]
+    rows[0]["rewards"]["helpful"] = 0.99
+    Path(labelled).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sft_mod, "_train", _no_training)
+    with pytest.raises(ValueError, match=r"changed: labels\)"):
+        run_sft(cfg)

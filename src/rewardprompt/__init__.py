@@ -39,6 +39,7 @@ _API = {
     "elo": ("rewardprompt.evaluation.elo", "run_elo"),
     "build_report": ("rewardprompt.report.html", "build_report"),
     "RecipeConfig": ("rewardprompt.recipe", "RecipeConfig"),
+    "load_config": ("rewardprompt.config", "load_config"),
     "run_recipe": ("rewardprompt.recipe", "run_recipe"),
 }
 __all__ = sorted(_API)

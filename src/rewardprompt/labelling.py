@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
+from .errors import DataError
 from .models import DEFAULT_POLICY
 from .rewards.scorer import load_scorer
 from .runs import in_run, messages_error, read_rows, update_metrics, write_jsonl
+
+#: Which labelled rows are written.
+Keep = Literal["all", "extremes"]
 
 
 @dataclass
@@ -37,18 +41,13 @@ class LabelConfig:
     """The policy whose tokenizer decides the clipping: a shipped name, a Hub id or a folder."""
     max_completion_tokens: int = 64
     """Responses are clipped to this many tokens (end-of-turn included) before scoring."""
-    batch_size: int = 32
-    """Responses per scoring batch."""
     prefixes: int = 0
     """Also label up to k sentence-prefixes of each response (replies that differ only in where
     they stop)."""
-    keep: Literal["all", "extremes"] = "all"
+    keep: Keep = "all"
     """all: every labelled row; extremes: per prompt and dimension only the lowest- and the
     highest-scored reply (best and worst of n), so only the label tells them apart. Not with
     prefixes."""
-
-
-KEEP = ("all", "extremes")
 
 
 def keep_extremes(rows: list[dict], dimensions: list[str]) -> list[dict]:
@@ -97,8 +96,8 @@ def run_label(cfg: LabelConfig) -> dict:
 
     if not cfg.scorers:
         raise ValueError("label needs at least one scorer (dimension -> RM folder or synthetic:...)")
-    if cfg.keep not in KEEP:
-        raise ValueError(f"keep must be one of {KEEP}, got {cfg.keep!r}")
+    if cfg.keep not in get_args(Keep):
+        raise ValueError(f"keep must be one of {get_args(Keep)}, got {cfg.keep!r}")
     if cfg.keep == "extremes" and cfg.prefixes:
         raise ValueError("keep='extremes' picks the best and worst of the whole replies; "
                          "prefixes would compete with them: use prefixes=0")
@@ -121,12 +120,15 @@ def run_label(cfg: LabelConfig) -> dict:
     tok = load_tokenizer(cfg.policy)
     # Leave room for the end-of-turn marker the chat template adds, so SFT that cuts the
     # completion at the same max_completion_tokens never cuts the end-of-turn token of a clipped
-    # reply (an SFT with a shorter cut, as the demo's sft_completion_tokens, trains a prefix).
+    # reply (an SFT with a shorter cut, as the demo's sft.max_completion_tokens, trains a prefix).
     suffix = render_completion(tok, [{"role": "user", "content": "x"}], "")
     budget = cfg.max_completion_tokens - len(tok(suffix, add_special_tokens=False)["input_ids"])
     for r in rows:
         r["response"] = clip_response(tok, r["response"], budget)
     rows = [r for r in rows if r["response"]]
+    if not rows:
+        raise DataError("every response is empty once clipped: nothing to label",
+                        file=", ".join(cfg.pairs + cfg.samples), code="empty")
     rows += [{**r, "id": f"{r['id']}:prefix{j}", "response": p, "source": f"{r['source']}-prefix"}
              for r in list(rows) for j, p in enumerate(sentence_prefixes(r["response"], cfg.prefixes))]
     prompts = [r["prompt"] for r in rows]

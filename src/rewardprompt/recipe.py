@@ -13,6 +13,7 @@ killed run resumes where it stopped (``runs.Run``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +34,8 @@ OWNED = {
     "label": ("pairs", "samples", "scorers", "out", "run", "policy"),
     "sft": ("data", "out", "run", "model", "conditioned", "template", "seed"),
     "sampling": ("seed",),
-    "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed"),
+    "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed",
+                 "primary"),
 }
 #: The two policies every run trains on the same labelled replies: the reward-conditioned one,
 #: and the unconditioned baseline (the same replies and steps, no reward block).
@@ -99,6 +101,10 @@ class RecipeConfig:
 
         if not self.data:
             raise ValueError("the recipe needs data: dimension -> preference source")
+        for dim in self.data:  # names become file names and stage names
+            if not re.fullmatch(r"[A-Za-z0-9_]+", dim) or dim.endswith("_test"):
+                raise ValueError(f"dimension {dim!r}: use letters, digits and '_' (not ending in "
+                                 "'_test'), since it names files and stages")
         unknown = sorted((set(self.test_data) | set(self.scorers)) - set(self.data))
         if unknown:
             raise ValueError(f"test_data/scorers name dimensions that data lacks: {unknown}")
@@ -111,6 +117,9 @@ class RecipeConfig:
         if not self.pair_replies and not (self.openers and self.steer_samples > 0):
             raise ValueError("nothing to label: turn on pair_replies or give openers "
                              "(and steer_samples >= 1)")
+        for dim in self.data:  # the reward-model configs, before minutes of training
+            for is_test in (False, True) if self.test_rm else (False,):
+                self.rm_config(dim, is_test, Path(".")).validate()
         for name, owned in OWNED.items():
             sub = getattr(self, name)
             default = type(sub)(data="") if name == "rm" else type(sub)()
@@ -119,6 +128,19 @@ class RecipeConfig:
                 raise ValueError(f"{', '.join(f'{name}.{f}' for f in set_by_user)}: set by the "
                                  "recipe (where the stage reads and writes, and the seed); "
                                  "remove it from the config")
+
+    def rm_config(self, dim: str, is_test: bool, run: Path) -> RMTrainConfig:
+        """The labelling (or held-out test) reward model of ``dim``: the first (second) half of
+        its training pairs, seed (seed + 1). A test family other than rm's uses that family's
+        shipped base and its own defaults for the decoder-only options."""
+        family = (self.test_rm_family or self.rm.family) if is_test else self.rm.family
+        own = {} if family == self.rm.family else {"base_model": None, "layers": 0,
+                                                   "pooling": None, "train_layers": 0}
+        d, key = run / "data", f"{dim}-test" if is_test else dim
+        return replace(self.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run / "rm" / key),
+                       run=str(run), eval_data=str(d / f"{dim}-test.jsonl"), test_fraction=0.0,
+                       half=("second" if is_test else "first") if self.test_rm else None,
+                       seed=self.seed + is_test, family=family, **own)
 
     def template_dict(self) -> dict:
         return replace(self.template, dimensions=tuple(self.data)).to_dict()
@@ -140,12 +162,12 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     dims = tuple(template["dimensions"])
     run = Run(cfg.out, config=cfg, seed=cfg.seed)
     d, rundir = run.path("data"), str(run.dir)
-    sources = {**{f"{dim}": cfg.data[dim] for dim in dims},
+    sources = {**{dim: cfg.data[dim] for dim in dims},
                **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()}}
-    source_files = [str(SHIPPED.get(s) or s) for s in sources.values()
-                    if Path(str(SHIPPED.get(s) or s)).is_file()]
-    for name, src in sources.items():  # a resume over changed data stops here
-        run.record_data(f"source:{name}", SHIPPED.get(src) or src)
+    sources = {name: Path(SHIPPED.get(src) or src) for name, src in sources.items()}
+    for name, path in sources.items():  # a resume over changed data stops here
+        run.record_data(f"source:{name}", path)
+    source_files = [str(p) for p in sources.values() if p.is_file()]
 
     split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in ("train", "test")]
     prompt_files = [d / "label_pairs.jsonl", d / "eval_prompts.jsonl"]
@@ -160,14 +182,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         if dim in scorers:
             continue
         for is_test in (False, True) if cfg.test_rm else (False,):
-            key = f"{dim}-test" if is_test else dim
-            family = (cfg.test_rm_family or cfg.rm.family) if is_test else cfg.rm.family
-            rm = replace(cfg.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run.path("rm", key)),
-                         run=rundir, eval_data=str(d / f"{dim}-test.jsonl"), test_fraction=0.0,
-                         half=("second" if is_test else "first") if cfg.test_rm else None,
-                         seed=cfg.seed + is_test, family=family,
-                         base_model=cfg.rm.base_model if family == cfg.rm.family else None)
-            run.stage(f"rm_{key.replace('-', '_')}", lambda rm=rm: train_reward_model(rm),
+            rm = cfg.rm_config(dim, is_test, run.dir)
+            run.stage(f"rm_{dim}_test" if is_test else f"rm_{dim}", lambda rm=rm: train_reward_model(rm),
                       config=rm, inputs=[rm.data, rm.eval_data], outputs=[rm.out])
             (test_scorers if is_test else scorers)[dim] = rm.out
 

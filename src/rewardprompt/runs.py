@@ -27,6 +27,9 @@ from typing import Any
 from .errors import DataError
 
 MANIFEST = "manifest.json"
+#: The process's umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -36,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are for its readers
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -308,6 +312,21 @@ def update_metrics(run_dir: str | Path | None, **sections: Any) -> dict | None:
     return update_json(Path(run_dir) / "metrics.json", lambda m: m.update(to_jsonable(sections)))
 
 
+def update_metrics_entry(run_dir: str | Path | None, section: str, name: str, value: Any) -> None:
+    """Set ``RUN/metrics.json[section][name]`` (one reward model, policy, set of generations)."""
+    if run_dir is not None:
+        update_json(Path(run_dir) / "metrics.json",
+                    lambda m: m.setdefault(section, {}).update({name: to_jsonable(value)}))
+
+
+def run_generations(run_dir: str | Path | None) -> list[str]:
+    """The generation files of a run that are evaluated: all but the steered training samples."""
+    if run_dir is None:
+        return []
+    return sorted(str(p) for p in (Path(run_dir) / "generate").glob("*.jsonl")
+                  if p.stem != "steered")
+
+
 def in_run(run_dir: str | Path | None, out: str | Path | None, default: str) -> Path:
     """A stage's output path: ``out`` when given, else ``default`` inside the run directory."""
     if out:
@@ -344,8 +363,10 @@ class Run:
         if config is not None:
             config = redact(to_jsonable(config))
             old = self.manifest.get("config")
-            if old is not None and old != config:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            # Where the run lives is not part of what it is: `runs/x` and `./runs/x` resume it.
+            changed = sorted(k for k in set(old or {}) | set(config) if k != "out"
+                             and (old or {}).get(k) != config.get(k)) if old is not None else []
+            if changed:
                 raise ValueError(f"{self.dir} holds a run made with another config (changed: "
                                  f"{', '.join(changed)}); resuming it would mix the two. "
                                  "Use another --out, or delete the folder to start again")
@@ -392,14 +413,11 @@ class Run:
         return None
 
     def _rel(self, path: str | Path) -> str:
-        """``path`` relative to the run directory when inside it (the run can then be moved)."""
+        """``path`` relative to the run directory when inside it."""
         p = Path(path).resolve()
         with contextlib.suppress(ValueError):
             return p.relative_to(self.dir.resolve()).as_posix()
         return str(p)
-
-    def done(self, stage: str) -> bool:
-        return bool(self.manifest["stages"].get(stage, {}).get("done"))
 
     def stage(self, name: str, fn: Callable[[], Any], *, config: Any = None,
               inputs: Iterable[str | Path] = (), outputs: Iterable[str | Path] = (),

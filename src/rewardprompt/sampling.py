@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .backends import SamplingConfig, get_backend
-from .runs import in_run, messages_error, read_rows, update_json, write_jsonl
+from .runs import in_run, messages_error, read_rows, update_metrics_entry, write_jsonl
 from .template import RewardTemplate, Target
 
 #: Prompts of an unconditioned base model carry no block; the template only shortens them.
@@ -131,7 +130,5 @@ def run_generate(cfg: GenerateConfig) -> dict:
     summary = {"n": len(out_rows), "out": str(out),
                "mean_tokens": float(np.mean([c.n_tokens for c in completions])),
                "finished": float(np.mean([c.finished for c in completions]))}
-    if cfg.run:
-        update_json(Path(cfg.run) / "metrics.json",
-                    lambda m: m.setdefault("generate", {}).update({cfg.label: summary}))
+    update_metrics_entry(cfg.run, "generate", cfg.label, summary)
     return summary

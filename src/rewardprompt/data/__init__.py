@@ -3,7 +3,7 @@ from .hh import parse_transcript
 from .preference import (SHIPPED, ConvertConfig, PairSource, PreferencePair, assign_split, convert,
                          drop_identical,
                          dialogue_to_text, load_preferences, pair_from_row, read_preferences,
-                         shipped_path, split_key, split_pairs)
+                         shipped_path, split_key, split_pairs, split_point)
 
 __all__ = ["SHIPPED", "ConvertConfig", "PairSource", "PreferencePair", "assign_split", "convert",
            "dialogue_to_text", "drop_identical", "load_preferences", "pair_from_row", "parse_transcript",

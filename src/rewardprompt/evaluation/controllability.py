@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import messages_error, read_rows, update_json, write_jsonl
+from ..runs import messages_error, read_rows, run_generations, update_json, write_jsonl
 
 
 @dataclass
@@ -54,8 +54,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.out or cfg.run or "")
     if not (cfg.out or cfg.run):
         raise ValueError("give --out or --run")
-    generations = cfg.generations or sorted(
-        str(p) for p in (Path(cfg.run) / "generate").glob("*.jsonl") if p.stem != "steered")
+    generations = cfg.generations or run_generations(cfg.run)
     if not generations:
         raise ValueError("no generations given (--generations) and none in RUN/generate")
     dim_fields = {f"targets.{d}": float for d in cfg.scorers}

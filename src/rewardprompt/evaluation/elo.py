@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import DataError
 from ..stats import boot_counts, percentile_ci
-from ..runs import atomic_write_json, in_run, iter_jsonl
+from ..runs import atomic_write_json, in_run, messages_error, read_rows, run_generations
 from ..rewards.scorer import Message, Scorer, load_scorer
 
 if TYPE_CHECKING:
@@ -148,13 +146,8 @@ def _load_matches(files: list[str]) -> _Matches:
     # model -> prompt id -> [(prompt, response)], in file order: the order defines the sample index.
     samples: dict[str, dict[str, list[tuple[list[Message], str]]]] = {}
     for path in files:
-        for line, row in iter_jsonl(path):
-            for key in ("id", "model", "response"):
-                if key not in row:
-                    raise DataError(f"row has no '{key}'", file=str(path), line=line, field=key)
-            if not isinstance(row["model"], str) or not isinstance(row["response"], str):
-                raise DataError("'model' and 'response' must be strings", file=str(path),
-                                line=line)
+        for row in read_rows(path, {"id": (str, int), "model": str, "response": str},
+                             what="generations", optional={"prompt": messages_error}):
             # json keeps ids 7 and "7" apart, as read_jsonl does; a prompt missing is an empty one.
             pid = json.dumps(row["id"])
             samples.setdefault(row["model"], {}).setdefault(pid, []).append(
@@ -314,8 +307,7 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
         raise ValueError(f"n_boot must be >= 1, got {cfg.n_boot}")
     if cfg.prior_ties < 0:
         raise ValueError(f"prior_ties must be >= 0, got {cfg.prior_ties}")
-    generations = cfg.generations or sorted(
-        str(p) for p in (Path(cfg.run or ".") / "generate").glob("*.jsonl") if p.stem != "steered")
+    generations = cfg.generations or run_generations(cfg.run)
     m = _load_matches(generations)
     judge = ScorerJudge(load_scorer(cfg.judge), temperature=cfg.temperature)
     s = np.asarray(judge.compare(m.prompts, m.resp_a, m.resp_b), dtype=float).reshape(-1)

@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import DEFAULT_POLICY
-from ..runs import (atomic_write_json, in_run, messages_error, publish_dir, read_json,
-                    read_rows, to_jsonable, update_json)
+from ..runs import (atomic_write_json, file_hash, in_run, messages_error, publish_dir, read_json,
+                    read_rows, to_jsonable, update_metrics_entry)
 from .meta import read_policy_meta, write_policy_meta
 
 #: The config a run of checkpoints was started with, beside them in ``out``.
 SFT_CONFIG = "sft_config.json"
-#: What the run's files say when they differ only in where they live.
-_LOCATION_FIELDS = ("out", "run")
+#: Fields that say where things live: a run that differs only in them is the same run (the
+#: labels are compared by their hash instead of their path).
+_LOCATION_FIELDS = ("data", "out", "run")
 
 
 @dataclass
@@ -80,26 +81,34 @@ class SFTConfig:
     """Discard checkpoints and a final model written under another config instead of refusing."""
 
 
-def _comparable(cfg: SFTConfig | dict) -> dict:
-    d = to_jsonable(cfg)
-    return {k: v for k, v in d.items() if k not in _LOCATION_FIELDS + ("overwrite",)}
+def _comparable(cfg: SFTConfig | dict, labels: str | None) -> dict:
+    """What decides the training: the config less where things live, and the labels' hash."""
+    d = {k: v for k, v in to_jsonable(cfg).items()
+         if k not in _LOCATION_FIELDS + ("overwrite", "labels")}
+    return d | ({"labels": labels} if labels else {})
 
 
-def _check_previous(cfg: SFTConfig, out: Path) -> None:
-    """Refuse to continue or reuse what ``out`` holds when it was made under another config."""
+def _check_previous(cfg: SFTConfig, out: Path, labels: str) -> None:
+    """Refuse to continue or reuse what ``out`` holds when it was made under another config or
+    on other labels (``overwrite`` discards it instead)."""
     saved_path = out / SFT_CONFIG
-    saved = read_json(saved_path) if saved_path.is_file() else None
-    final_meta = read_policy_meta(out / "final").get("config")
-    previous = saved if saved is not None else final_meta
-    if previous is None or _comparable(previous) == _comparable(cfg):
+    meta = read_policy_meta(out / "final")
+    if saved_path.is_file():
+        saved = read_json(saved_path)
+    elif "config" in meta:
+        saved = {**meta["config"], "labels": meta.get("labels")}
+    else:
         return
-    changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(cfg))
-                     if _comparable(previous).get(k) != _comparable(cfg).get(k))
+    before = _comparable(saved, saved.get("labels"))
+    now = _comparable(cfg, labels if saved.get("labels") else None)  # older folders: no hash
+    if before == now:
+        return
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if not cfg.overwrite:
         raise ValueError(f"{out} holds SFT checkpoints or a model made with another config "
                          f"(changed: {', '.join(changed)}); continuing would mix the two. Pass "
                          "--overwrite to start again, or use another --out")
-    print(f"[rewardprompt] --overwrite: discarding {out} (config changed: {', '.join(changed)})",
+    print(f"[rewardprompt] --overwrite: discarding {out} (changed: {', '.join(changed)})",
           flush=True)
     shutil.rmtree(out, ignore_errors=True)
 
@@ -128,7 +137,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     data = in_run(cfg.run, cfg.data, "label/train.jsonl")
     out = in_run(cfg.run, cfg.out, "sft/conditioned" if cfg.conditioned else "sft/uncond_sft")
     final = out / "final"
-    _check_previous(cfg, out)
+    labels = file_hash(data) if data.is_file() else None
+    if labels:
+        _check_previous(cfg, out, labels)
     if (final / "sft_metrics.json").exists():
         return read_json(final / "sft_metrics.json")
     rows = read_rows(data, {"prompt": messages_error, "response": str, "rewards": dict},
@@ -139,15 +150,13 @@ def run_sft(cfg: SFTConfig) -> dict:
                                 **{f"rewards.{d}": float for d in template.dimensions}},
                          what=f"labelled replies with rewards for {', '.join(template.dimensions)}")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / SFT_CONFIG, cfg)
-    metrics = _train(cfg, rows, template, out)
-    if cfg.run:
-        update_json(Path(cfg.run) / "metrics.json",
-                    lambda m: m.setdefault("sft", {}).update({out.name: metrics}))
+    atomic_write_json(out / SFT_CONFIG, {**to_jsonable(cfg), "labels": labels})
+    metrics = _train(cfg, rows, template, out, labels)
+    update_metrics_entry(cfg.run, "sft", out.name, metrics)
     return metrics
 
 
-def _train(cfg: SFTConfig, rows: list[dict], template, out: Path) -> dict:
+def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | None) -> dict:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
@@ -223,7 +232,7 @@ def _train(cfg: SFTConfig, rows: list[dict], template, out: Path) -> dict:
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / "sft_metrics.json", metrics)
     # What the model was trained to read, so that sampling shows it the same block.
-    write_policy_meta(tmp, {"config": cfg, "template": template.to_dict(),
+    write_policy_meta(tmp, {"config": cfg, "labels": labels, "template": template.to_dict(),
                             "conditioned": cfg.conditioned,
                             "max_prompt_tokens": cfg.max_prompt_tokens,
                             "max_completion_tokens": cfg.max_completion_tokens})

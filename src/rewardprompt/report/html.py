@@ -287,6 +287,15 @@ def _policies(metrics: dict) -> str:
                          rows) if rows else "")
 
 
+def _config(manifest: dict | None) -> str:
+    """The recipe's config, or for a run made stage by stage the config of each stage."""
+    if manifest and "config" in manifest:
+        return _pre_json(manifest["config"])
+    per_stage = {name: s["config"] for name, s in ((manifest or {}).get("stages") or {}).items()
+                 if isinstance(s, dict) and "config" in s}
+    return _pre_json(per_stage) if per_stage else _na("Config (manifest.json: config)")
+
+
 def _stages(manifest: dict | None) -> str:
     stages = (manifest or {}).get("stages")
     if not stages:
@@ -374,7 +383,7 @@ def build_report(run_dir: str | Path) -> Path:
         "<h2>Stage wall times</h2>", _stages(manifest),
         "<h2>Example generations</h2>", _examples(scores, dims, why_scores),
         "<h2>Config</h2>",
-        _pre_json(manifest["config"]) if manifest and "config" in manifest else _na("Config"),
+        _config(manifest),
         "<h2>Provenance</h2>",
         _pre_json({k: manifest.get(k) for k in ("versions", "seeds", "data")}) if manifest
         else _na("Provenance"),

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..runs import iter_jsonl, write_jsonl
+from ..runs import messages_error, read_rows, write_jsonl
 
 
 @dataclass
@@ -24,28 +23,18 @@ class RMScoreConfig:
     """Responses per scoring batch."""
 
 
-def _check_row(row: dict, file: str, line: int) -> None:
-    prompt = row.get("prompt")
-    if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                 for m in prompt):
-            raise DataError("expected a non-empty list of {role, content} messages", file=file,
-                            line=line, field="prompt")
-    elif not isinstance(prompt, str):
-        raise DataError("missing or not a message list", file=file, line=line, field="prompt")
-    if not isinstance(row.get("response"), str):
-        raise DataError("missing or not a string", file=file, line=line, field="response")
+def _prompt_error(value: Any) -> str | None:
+    """A prompt is a string or a chat message list."""
+    return None if isinstance(value, str) else messages_error(value)
 
 
 def score_file(cfg: RMScoreConfig) -> dict[str, Any]:
     """Add ``reward`` (normalised, [0, 1]) and ``reward_raw`` to every row; write atomically."""
     from .model import RewardModel
 
+    rows = read_rows(cfg.input, {"prompt": _prompt_error, "response": str},
+                     what="prompt/response rows")
     model = RewardModel.load(cfg.rm)
-    rows = []
-    for line, row in iter_jsonl(cfg.input):
-        _check_row(row, str(cfg.input), line)
-        rows.append(row)
     raw = model.score_raw([r["prompt"] for r in rows], [r["response"] for r in rows],
                           batch_size=cfg.batch_size)
     rewards = model.normaliser(raw) if rows else np.empty(0)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data import PairSource, drop_identical
 from ..errors import DataError
-from ..runs import atomic_write_json, in_run, publish_dir, to_jsonable, update_json
+from ..runs import atomic_write_json, in_run, publish_dir, to_jsonable, update_metrics_entry
 from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
 from .normaliser import EmpiricalCDFNormaliser
 
@@ -505,6 +505,5 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
                                            "train_seconds")}
         summary |= {"family": cfg.family, "half": cfg.half, "seed": cfg.seed,
                     "eval_data": cfg.eval_data}
-        update_json(Path(cfg.run) / "metrics.json",
-                    lambda m: m.setdefault("rm", {}).update({out.name: summary}))
+        update_metrics_entry(cfg.run, "rm", out.name, summary)
     return to_jsonable(metrics)
