@@ -60,3 +60,7 @@ def test_tiny_pipeline_through_the_api(tmp_path, tiny_policy):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["baselines"]) == {"uncond_sft"} and "goal" in metrics
     assert build_report(run).is_file()
+    # called from Python with run set, each stage recorded itself in the run's manifest
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"rm_train_quality", "generate_steered", "label", "sft_conditioned", "sft_uncond_sft",
+            "generate_conditioned", "evaluate"} <= set(manifest["stages"])

@@ -4,8 +4,9 @@ Each stage is one config dataclass and one entry function; tyro turns the datacl
 (nested configs become ``--sft.lr``). ``--config FILE.yaml`` gives defaults (``sft: {lr: 1e-3}``;
 YAML 1.2 numbers, so ``1e-3`` is a float),
 ``--preset NAME`` a shipped file from ``configs/``, and flags override both. A YAML file may
-start from another with ``include: NAME_OR_PATH`` (its ``out`` is not inherited). A stage run
-with ``--run DIR`` is recorded in that run's manifest, so ``report DIR`` covers it.
+start from another with ``include: NAME_OR_PATH`` (its ``out`` is not inherited). A stage given
+``--run DIR`` records itself in that run's manifest (``runs.recorded``), so ``report DIR`` covers
+it.
 Configs live in modules that import torch lazily, so ``--help`` answers at once.
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import dataclasses
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from .config import PRESET_DIR, from_dict, merge, read_config
@@ -111,28 +111,6 @@ def parse(name: str, args: list[str]) -> Any:
     return tyro.cli(cls, args=rest, default=from_dict(cls, defaults), prog=prog)
 
 
-def call(name: str, cfg: Any) -> Any:
-    """Run the stage; with ``--run DIR`` it is recorded in that run's manifest."""
-    fn = _load(COMMANDS[name][1])
-    run_dir = getattr(cfg, "run", None)
-    if run_dir is None or name in ("run", "demo", "report"):  # the recipe records its own
-        return fn(cfg)
-    from .runs import Run
-
-    return Run(run_dir).stage(_stage_name(name, cfg), lambda: fn(cfg), config=cfg, force=True)
-
-
-def _stage_name(name: str, cfg: Any) -> str:
-    """The manifest entry of a standalone stage: the command and what it made (``sft_uncond_sft``,
-    ``generate_steered``, ``rm_train_helpful``), so that stages run twice keep apart."""
-    part = getattr(cfg, "label", None) if name == "generate" else None
-    if part is None and (getattr(cfg, "out", None) or name == "rm train"):
-        part = Path(cfg.out or cfg.data).name.split(".")[0]
-    if part is None and name == "sft":
-        part = "conditioned" if cfg.conditioned else "uncond_sft"
-    return name.replace(" ", "_") + (f"_{part}" if part else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     from .errors import DataError
     from .template import TemplateError
@@ -147,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(name, args[len(name.split()):])
-        result = call(name, cfg)
+        result = _load(COMMANDS[name][1])(cfg)
     except (DataError, TemplateError, ValueError, OSError) as exc:  # OSError: a model not found
         print(f"rewardprompt {name}: error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import DataError
 from .models import DEFAULT_POLICY
 from .rewards.scorer import load_scorer
-from .runs import in_run, messages_error, read_rows, update_metrics, write_jsonl
+from .runs import LABELS, in_run, messages_error, read_rows, recorded, update_metrics, write_jsonl
 
 #: Which labelled rows are written.
 Keep = Literal["all", "extremes"]
@@ -90,6 +90,7 @@ def sentence_prefixes(text: str, k: int) -> list[str]:
     return [text[:c].strip() for c in picks]
 
 
+@recorded("label")
 def run_label(cfg: LabelConfig) -> dict:
     from .models import load_tokenizer
     from .policy.tokenise import render_completion
@@ -147,7 +148,7 @@ def run_label(cfg: LabelConfig) -> dict:
                       "quantiles": [float(q) for q in np.quantile(scores, [0, .1, .25, .5, .75, .9, 1])],
                       "frac_below_0.1": float(np.mean(scores < 0.1)),
                       "frac_above_0.9": float(np.mean(scores > 0.9))}
-    out = in_run(cfg.run, cfg.out, "label/train.jsonl")
+    out = in_run(cfg.run, cfg.out, LABELS)
     write_jsonl(out, rows)
     update_metrics(cfg.run, labels=stats)
     return {"n": len(rows), "n_scored": n_scored, "out": str(out), "labels": stats}

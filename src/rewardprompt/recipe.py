@@ -24,7 +24,8 @@ from .labelling import LabelConfig
 from .models import DEFAULT_POLICY
 from .policy.sft import SFTConfig
 from .rewards.train import RMTrainConfig
-from .runs import Run, update_json, write_jsonl
+from .runs import (ELO, LABELS, SCORES, STEERED, Run, generations_file, policy_dir, rm_dir, update_json,
+                   write_jsonl)
 from .template import RewardTemplate
 
 #: Fields of each nested stage config that the recipe sets (where the stage reads and writes,
@@ -137,7 +138,7 @@ class RecipeConfig:
         own = {} if family == self.rm.family else {"base_model": None, "layers": 0,
                                                    "pooling": None, "train_layers": 0}
         d, key = run / "data", f"{dim}-test" if is_test else dim
-        return replace(self.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run / "rm" / key),
+        return replace(self.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run / rm_dir(key)),
                        run=str(run), eval_data=str(d / f"{dim}-test.jsonl"), test_fraction=0.0,
                        half=("second" if is_test else "first") if self.test_rm else None,
                        seed=self.seed + is_test, family=family, **own)
@@ -190,18 +191,18 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     samples = []
     if cfg.openers and cfg.steer_samples > 0:
         steered = GenerateConfig(
-            prompts=str(d / "label_pairs.jsonl"), model=cfg.policy, run=rundir, label="steered",
+            prompts=str(d / "label_pairs.jsonl"), model=cfg.policy, run=rundir, label=STEERED,
             conditioned=False, samples_per_prompt=cfg.steer_samples, prefills=list(cfg.openers),
             max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, max_new_tokens=cfg.label.max_completion_tokens,
                              seed=cfg.seed + 1))
-        samples = [str(run.path("generate", "steered.jsonl"))]
+        samples = [str(run.path(generations_file(STEERED)))]
         run.stage("sample_steered", lambda: run_generate(steered), config=steered,
                   inputs=[steered.prompts], outputs=samples)
 
     label = replace(cfg.label, pairs=[str(d / "label_pairs.jsonl")] if cfg.pair_replies else [],
                     samples=samples, scorers=scorers, run=rundir, policy=cfg.policy)
-    label_out = str(run.path("label", "train.jsonl"))
+    label_out = str(run.path(LABELS))
     run.stage("label", lambda: run_label(label), config=label,
               inputs=label.pairs + samples + _paths(scorers), outputs=[label_out])
 
@@ -209,29 +210,29 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         sft = replace(cfg.sft, run=rundir, model=cfg.policy, conditioned=conditioned,
                       template=template, seed=cfg.seed)
         run.stage(f"sft_{name}", lambda sft=sft: run_sft(sft), config=sft, inputs=[label_out],
-                  outputs=[run.path("sft", name, "final")])
+                  outputs=[run.path(policy_dir(name), "final")])
     for name, conditioned in POLICIES.items():
         gen = GenerateConfig(
-            prompts=str(d / "eval_prompts.jsonl"), model=str(run.path("sft", name, "final")),
+            prompts=str(d / "eval_prompts.jsonl"), model=str(run.path(policy_dir(name), "final")),
             run=rundir, label=name, conditioned=conditioned, template=template,
             samples_per_prompt=cfg.samples_per_prompt, max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, seed=cfg.seed))
         run.stage(f"generate_{name}", lambda gen=gen: run_generate(gen), config=gen,
-                  inputs=[gen.prompts, gen.model], outputs=[run.path("generate", f"{name}.jsonl")])
+                  inputs=[gen.prompts, gen.model], outputs=[run.path(generations_file(name))])
 
-    generations = [str(run.path("generate", f"{name}.jsonl")) for name in POLICIES]
+    generations = [str(run.path(generations_file(name))) for name in POLICIES]
     evaluation = replace(cfg.evaluate, generations=generations, scorers=scorers,
                          test_scorers=test_scorers, run=rundir, seed=cfg.seed,
                          openers=[o for o in cfg.openers if o])
     run.stage("evaluate", lambda: run_evaluate(evaluation), config=evaluation,
               inputs=generations + _paths(scorers) + _paths(test_scorers),
-              outputs=[run.path("eval", "scores.jsonl")])
+              outputs=[run.path(SCORES)])
     # Head-to-head ranking of the models on the same prompts, judged by the first dimension's
     # labelling scorer.
     elo = EloConfig(judge=scorers[dims[0]], generations=generations, run=rundir,
                     n_boot=cfg.evaluate.n_boot, seed=cfg.seed)
     run.stage("elo", lambda: {"models": run_elo(elo)["models"]}, config=elo,
-              inputs=generations + _paths([elo.judge]), outputs=[run.path("elo.json")])
+              inputs=generations + _paths([elo.judge]), outputs=[run.path(ELO)])
     metrics = update_json(run.path("metrics.json"), lambda m: m.update(
         budget={"pipeline_wall_s": run.total_wall_s(),
                 "peak_rss_mib": run.manifest.get("peak_rss_mib")}))

@@ -7,7 +7,9 @@ itself as done in ``manifest.json``; rerunning the same command skips the stages
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import gzip
 import hashlib
 import json
@@ -27,6 +29,30 @@ from typing import Any
 from .errors import DataError
 
 MANIFEST = "manifest.json"
+# Where each stage writes inside a run directory: named here once, read by every stage, the
+# recipe and the report.
+LABELS = "label/train.jsonl"
+SCORES = "eval/scores.jsonl"
+ELO = "elo.json"
+
+
+#: The base policy's steered samples of the training prompts: labelled, not evaluated.
+STEERED = "steered"
+
+
+GENERATIONS = "generate"
+
+
+def generations_file(label: str) -> str:
+    return f"{GENERATIONS}/{label}.jsonl"
+
+
+def policy_dir(name: str) -> str:
+    return f"sft/{name}"
+
+
+def rm_dir(name: str) -> str:
+    return f"rm/{name}"
 #: The process's umask, read once (os.umask can only be read by setting it).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -323,8 +349,8 @@ def run_generations(run_dir: str | Path | None) -> list[str]:
     """The generation files of a run that are evaluated: all but the steered training samples."""
     if run_dir is None:
         return []
-    return sorted(str(p) for p in (Path(run_dir) / "generate").glob("*.jsonl")
-                  if p.stem != "steered")
+    return sorted(str(p) for p in (Path(run_dir) / GENERATIONS).glob("*.jsonl")
+                  if p.stem != STEERED)
 
 
 def in_run(run_dir: str | Path | None, out: str | Path | None, default: str) -> Path:
@@ -334,6 +360,38 @@ def in_run(run_dir: str | Path | None, out: str | Path | None, default: str) -> 
     if run_dir is None:
         raise ValueError(f"give --out, or --run DIR to write {default} inside a run directory")
     return Path(run_dir) / default
+
+
+#: True while a stage runs inside ``Run.stage``: a stage function called there is recorded by
+#: the caller's Run (the recipe), not again by ``recorded``.
+_IN_STAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("rewardprompt_in_stage",
+                                                                 default=False)
+
+
+def stage_name(command: str, cfg: Any) -> str:
+    """A standalone stage's manifest entry: the command and what it made (``sft_uncond_sft``,
+    ``generate_steered``, ``rm_train_helpful``), so that stages run twice keep apart."""
+    part = getattr(cfg, "label", None) if command == "generate" else None
+    if part is None and (getattr(cfg, "out", None) or command == "rm train"):
+        part = Path(cfg.out or cfg.data).name.split(".")[0]
+    if part is None and command == "sft":
+        part = "conditioned" if cfg.conditioned else "uncond_sft"
+    return command.replace(" ", "_") + (f"_{part}" if part else "")
+
+
+def recorded(command: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Record a stage function called on its own with ``cfg.run`` set (from the command line or
+    from Python) in that run's manifest: its config, wall time, commit and result."""
+    def wrap(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(fn)
+        def stage(cfg: Any) -> Any:
+            run_dir = getattr(cfg, "run", None)
+            if run_dir is None or _IN_STAGE.get():
+                return fn(cfg)
+            return Run(run_dir).stage(stage_name(command, cfg), lambda: fn(cfg), config=cfg,
+                                      force=True)
+        return stage
+    return wrap
 
 
 class Run:
@@ -441,7 +499,11 @@ class Run:
         entry.update(done=False, attempts=entry.get("attempts", 0) + 1)
         self.save()
         t0 = time.perf_counter()
-        result = fn()
+        token = _IN_STAGE.set(True)
+        try:
+            result = fn()
+        finally:
+            _IN_STAGE.reset(token)
         wall = time.perf_counter() - t0
         # Time spent in earlier, interrupted attempts is not counted: the stage's own wall time
         # is that of the attempt that completed it.

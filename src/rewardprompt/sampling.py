@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import SamplingConfig, get_backend
-from .runs import in_run, messages_error, read_rows, update_metrics_entry, write_jsonl
+from .runs import (generations_file, in_run, messages_error, read_rows, recorded,
+                   update_metrics_entry, write_jsonl)
 from .template import RewardTemplate, Target
 
 #: Prompts of an unconditioned base model carry no block; the template only shortens them.
@@ -59,6 +60,7 @@ def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[st
     return [{d: round(float(cols[d][i]), 4) for d in dimensions} for i in range(n)]
 
 
+@recorded("generate")
 def run_generate(cfg: GenerateConfig) -> dict:
     from .models import load_tokenizer
     from .chat import with_prefill
@@ -125,7 +127,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                  "n_tokens": c.n_tokens,
                  "finished": c.finished, **({"prefill": p} if cfg.prefills else {})}
                 for (r, t, p), c in zip(jobs, completions)]
-    out = in_run(cfg.run, cfg.out, f"generate/{cfg.label}.jsonl")
+    out = in_run(cfg.run, cfg.out, generations_file(cfg.label))
     write_jsonl(out, out_rows)
     summary = {"n": len(out_rows), "out": str(out),
                "mean_tokens": float(np.mean([c.n_tokens for c in completions])),

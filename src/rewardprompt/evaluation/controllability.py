@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import messages_error, read_rows, run_generations, update_json, write_jsonl
+from ..runs import SCORES, messages_error, read_rows, recorded, run_generations, update_json, write_jsonl
 
 
 @dataclass
@@ -45,6 +45,7 @@ GENERATION_FIELDS = {"id": (str, int), "model": str, "prompt": messages_error, "
                      "targets": dict, "n_tokens": int}
 
 
+@recorded("evaluate")
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     from ..rewards.scorer import load_scorer
     from .metrics import controllability, opener_shares
@@ -67,7 +68,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             scores = load_scorer(spec).score(prompts, responses)
             for r, s in zip(rows, scores):
                 r.setdefault(key, {})[dim] = round(float(s), 4)
-    write_jsonl(out / "eval" / "scores.jsonl", rows)
+    write_jsonl(out / SCORES, rows)
 
     groups = np.array([r["id"] for r in rows])
     models = np.array([r["model"] for r in rows])

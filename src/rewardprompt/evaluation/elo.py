@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..stats import boot_counts, percentile_ci
-from ..runs import atomic_write_json, in_run, messages_error, read_rows, run_generations
+from ..runs import ELO, atomic_write_json, in_run, messages_error, read_rows, recorded, run_generations
 from ..rewards.scorer import Message, Scorer, load_scorer
 
 if TYPE_CHECKING:
@@ -297,6 +297,7 @@ def _pair_table(m: _Matches, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 # ---------------------------------------------------------------- entry
+@recorded("elo")
 def run_elo(cfg: EloConfig) -> dict[str, Any]:
     """Elo (mean over random orders) and Bradley-Terry ratings with prompt-bootstrap 95% CIs.
 
@@ -355,7 +356,7 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
               "prior_ties": cfg.prior_ties, "generations": list(generations)}
     print(format_table(result), flush=True)
     if cfg.out or cfg.run:
-        atomic_write_json(in_run(cfg.run, cfg.out, "elo.json"), result)
+        atomic_write_json(in_run(cfg.run, cfg.out, ELO), result)
     return result
 
 

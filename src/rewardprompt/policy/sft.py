@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import DEFAULT_POLICY
-from ..runs import (atomic_write_json, file_hash, in_run, messages_error, publish_dir, read_json,
-                    read_rows, to_jsonable, update_metrics_entry)
+from ..runs import (LABELS, atomic_write_json, file_hash, in_run, messages_error, policy_dir,
+                    publish_dir, read_json, read_rows, recorded, to_jsonable,
+                    update_metrics_entry)
 from .meta import read_policy_meta, write_policy_meta
 
 #: The config a run of checkpoints was started with, beside them in ``out``.
@@ -130,12 +131,13 @@ def label_dimensions(rows: list[dict]) -> tuple[str, ...]:
     return tuple(rows[0]["rewards"]) if rows else ()
 
 
+@recorded("sft")
 def run_sft(cfg: SFTConfig) -> dict:
     """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint."""
     from ..template import RewardTemplate
 
-    data = in_run(cfg.run, cfg.data, "label/train.jsonl")
-    out = in_run(cfg.run, cfg.out, "sft/conditioned" if cfg.conditioned else "sft/uncond_sft")
+    data = in_run(cfg.run, cfg.data, LABELS)
+    out = in_run(cfg.run, cfg.out, policy_dir("conditioned" if cfg.conditioned else "uncond_sft"))
     final = out / "final"
     labels = file_hash(data) if data.is_file() else None
     if labels:

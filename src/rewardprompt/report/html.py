@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..runs import atomic_write_bytes, atomic_write_text, read_json, read_jsonl
+from ..runs import ELO, LABELS, SCORES, atomic_write_bytes, atomic_write_text, read_json, read_jsonl
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
@@ -357,11 +357,11 @@ def build_report(run_dir: str | Path) -> Path:
                                 "(run the evaluation stage first)")
     metrics = read_json(metrics_path)
     manifest, why_manifest = _optional(run_dir / "manifest.json", read_json)
-    scores, why_scores = _optional(run_dir / "eval" / "scores.jsonl", read_jsonl)
-    train, why_train = _optional(run_dir / "label" / "train.jsonl", read_jsonl)
+    scores, why_scores = _optional(run_dir / SCORES, read_jsonl)
+    train, why_train = _optional(run_dir / LABELS, read_jsonl)
     dims = [str(d) for d in metrics.get("dimensions", [])]
     models = [str(metrics.get("primary", "conditioned"))] + [str(m) for m in metrics.get("baselines", {})]
-    elo, why_elo = _optional(run_dir / "elo.json", read_json)
+    elo, why_elo = _optional(run_dir / ELO, read_json)
 
     goal = metrics.get("goal")
     body = [

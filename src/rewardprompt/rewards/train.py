@@ -26,7 +26,8 @@ import numpy as np
 
 from ..data import PairSource, drop_identical
 from ..errors import DataError
-from ..runs import atomic_write_json, in_run, publish_dir, to_jsonable, update_metrics_entry
+from ..runs import (atomic_write_json, rm_dir, in_run, publish_dir, recorded, to_jsonable,
+                    update_metrics_entry)
 from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
 from .normaliser import EmpiricalCDFNormaliser
 
@@ -422,6 +423,7 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
     return model, np.asarray(train_raw, dtype=np.float64)
 
 
+@recorded("rm train")
 def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train a reward model (or an ensemble) on ``cfg.data``, save it to ``cfg.out``.
 
@@ -449,7 +451,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         raise DataError(f"no training pairs left after holding out {cfg.test_fraction:.0%}{half} "
                         f"({len(pairs)} pairs loaded)", file=str(cfg.data), code="empty")
 
-    out = in_run(cfg.run, cfg.out, f"rm/{Path(str(cfg.data)).name.split('.')[0]}")
+    out = in_run(cfg.run, cfg.out, rm_dir(Path(str(cfg.data)).name.split(".")[0]))
     tmp = out.with_name(out.name + ".tmp")
     for stale in (tmp, tmp.with_name(tmp.name + "-trainer")):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
