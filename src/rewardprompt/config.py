@@ -70,8 +70,8 @@ def from_dict(cls: type, data: dict, where: str = "", base: Any = None) -> Any:
     kwargs = {}
     for name, value in data.items():
         sub = hints.get(name)
-        placeholder = value is getattr(sys.modules.get("tyro"), "MISSING", object())
-        error = None if dataclasses.is_dataclass(sub) or placeholder else _type_error(value, sub)
+        unset = value is getattr(sys.modules.get("tyro"), "MISSING", object())  # required, not given
+        error = None if dataclasses.is_dataclass(sub) or unset else _type_error(value, sub)
         if error:
             raise ValueError(f"config key {where}{name}: {error}")
         if dataclasses.is_dataclass(sub) and isinstance(value, dict):
