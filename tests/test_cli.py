@@ -154,6 +154,9 @@ def test_recipe_checks_before_any_file(tmp_path):
     test_rm = cfg.rm_config("harmless", True, Path("r"))
     assert (test_rm.family, test_rm.layers, test_rm.pooling, test_rm.seed) == ("encoder", 0, None, 1)
     assert cfg.rm_config("harmless", False, Path("r")).layers == 12
+    # one precision switch for the whole recipe, passed down to every reward model
+    fp32 = parse("demo", ["--out", str(tmp_path / "r"), "--no-cpu-bf16"])
+    assert not fp32.rm_config("harmless", True, Path("r")).cpu_bf16
     from rewardprompt.config import load_config
     from rewardprompt.recipe import RecipeConfig
 

@@ -14,7 +14,7 @@ killed run resumes where it stopped (``runs.Run``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .backends.base import SamplingConfig
@@ -31,9 +31,9 @@ from .template import RewardTemplate
 #: Fields of each nested stage config that the recipe sets (where the stage reads and writes,
 #: the seed, what only the recipe knows).
 OWNED = {
-    "rm": ("data", "out", "run", "eval_data", "half", "seed", "test_fraction"),
+    "rm": ("data", "out", "run", "eval_data", "half", "seed", "test_fraction", "cpu_bf16"),
     "label": ("pairs", "samples", "scorers", "out", "run", "policy"),
-    "sft": ("data", "out", "run", "model", "conditioned", "template", "seed"),
+    "sft": ("data", "out", "run", "model", "conditioned", "template", "seed", "cpu_bf16"),
     "sampling": ("seed",),
     "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed",
                  "primary"),
@@ -83,6 +83,9 @@ class RecipeConfig:
     seed: int = 0
     """The one seed of the run: reward models (the test RMs seed + 1), SFT, sampling (steered
     samples seed + 1), bootstrap."""
+    cpu_bf16: bool = True
+    """bf16 autocast for every stage where the hardware computes bf16 natively (a GPU with bf16,
+    a CPU with AVX512-BF16 or AMX); elsewhere fp32. False: fp32 throughout."""
     template: RewardTemplate = field(default_factory=RewardTemplate)
     """The reward block (its dimensions are those of data, in order)."""
     rm: RMTrainConfig = field(default_factory=lambda: RMTrainConfig(data=""))
@@ -126,9 +129,11 @@ class RecipeConfig:
             default = type(sub)(data="") if name == "rm" else type(sub)()
             set_by_user = [f for f in owned if getattr(sub, f) != getattr(default, f)]
             if set_by_user:
+                own = [f for f in set_by_user if f in RECIPE_FIELDS]
+                hint = f" (the recipe's own: {', '.join(own)})" if own else ""
                 raise ValueError(f"{', '.join(f'{name}.{f}' for f in set_by_user)}: set by the "
-                                 "recipe (where the stage reads and writes, and the seed); "
-                                 "remove it from the config")
+                                 "recipe (where the stage reads and writes, its seed and "
+                                 f"precision); remove it from the config{hint}")
 
     def rm_config(self, dim: str, is_test: bool, run: Path) -> RMTrainConfig:
         """The labelling (or held-out test) reward model of ``dim``: the first (second) half of
@@ -141,10 +146,14 @@ class RecipeConfig:
         return replace(self.rm, data=str(d / f"{dim}-train.jsonl"), out=str(run / rm_dir(key)),
                        run=str(run), eval_data=str(d / f"{dim}-test.jsonl"), test_fraction=0.0,
                        half=("second" if is_test else "first") if self.test_rm else None,
-                       seed=self.seed + is_test, family=family, **own)
+                       seed=self.seed + is_test, family=family, cpu_bf16=self.cpu_bf16, **own)
 
     def template_dict(self) -> dict:
         return replace(self.template, dimensions=tuple(self.data)).to_dict()
+
+
+#: The recipe's own fields, which an owned stage field may point the user to.
+RECIPE_FIELDS = frozenset(f.name for f in fields(RecipeConfig))
 
 
 def run_recipe(cfg: RecipeConfig) -> dict:
@@ -208,7 +217,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
 
     for name, conditioned in POLICIES.items():
         sft = replace(cfg.sft, run=rundir, model=cfg.policy, conditioned=conditioned,
-                      template=template, seed=cfg.seed)
+                      template=template, seed=cfg.seed, cpu_bf16=cfg.cpu_bf16)
         run.stage(f"sft_{name}", lambda sft=sft: run_sft(sft), config=sft, inputs=[label_out],
                   outputs=[run.path(policy_dir(name), "final")])
     for name, conditioned in POLICIES.items():
