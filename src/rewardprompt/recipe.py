@@ -38,6 +38,9 @@ OWNED = {
     "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed",
                  "primary"),
 }
+#: The recipe's own files in RUN/data: the policy's training prompts (the first label_pairs
+#: training pairs of each dimension) and the held-out evaluation prompts.
+LABEL_PAIRS, EVAL_PROMPTS = "label_pairs.jsonl", "eval_prompts.jsonl"
 #: The two policies every run trains on the same labelled replies: the reward-conditioned one,
 #: and the unconditioned baseline (the same replies and steps, no reward block).
 POLICIES = {"conditioned": True, "uncond_sft": False}
@@ -180,7 +183,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     source_files = [str(p) for p in sources.values() if p.is_file()]
 
     split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in ("train", "test")]
-    prompt_files = [d / "label_pairs.jsonl", d / "eval_prompts.jsonl"]
+    prompt_files = [d / LABEL_PAIRS, d / EVAL_PROMPTS]
     run.stage("data", lambda: write_data(cfg, d), config={k: getattr(cfg, k) for k in (
         "data", "test_data", "test_fraction", "label_pairs", "eval_prompts")},
         inputs=source_files, outputs=split_files + prompt_files)
@@ -200,7 +203,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     samples = []
     if cfg.openers and cfg.steer_samples > 0:
         steered = GenerateConfig(
-            prompts=str(d / "label_pairs.jsonl"), model=cfg.policy, run=rundir, label=STEERED,
+            prompts=str(d / LABEL_PAIRS), model=cfg.policy, run=rundir, label=STEERED,
             conditioned=False, samples_per_prompt=cfg.steer_samples, prefills=list(cfg.openers),
             max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, max_new_tokens=cfg.label.max_completion_tokens,
@@ -209,7 +212,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         run.stage("sample_steered", lambda: run_generate(steered), config=steered,
                   inputs=[steered.prompts], outputs=samples)
 
-    label = replace(cfg.label, pairs=[str(d / "label_pairs.jsonl")] if cfg.pair_replies else [],
+    label = replace(cfg.label, pairs=[str(d / LABEL_PAIRS)] if cfg.pair_replies else [],
                     samples=samples, scorers=scorers, run=rundir, policy=cfg.policy)
     label_out = str(run.path(LABELS))
     run.stage("label", lambda: run_label(label), config=label,
@@ -222,7 +225,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                   outputs=[run.path(policy_dir(name), "final")])
     for name, conditioned in POLICIES.items():
         gen = GenerateConfig(
-            prompts=str(d / "eval_prompts.jsonl"), model=str(run.path(policy_dir(name), "final")),
+            prompts=str(d / EVAL_PROMPTS), model=str(run.path(policy_dir(name), "final")),
             run=rundir, label=name, conditioned=conditioned, template=template,
             samples_per_prompt=cfg.samples_per_prompt, max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, seed=cfg.seed))
@@ -274,6 +277,6 @@ def write_data(cfg: RecipeConfig, d: Path) -> dict:
             counts[f"{dim}-{side}"] = len(rows)
         label += train[:cfg.label_pairs]
         evals += test[:cfg.eval_prompts]
-    write_jsonl(d / "label_pairs.jsonl", (p.to_dict() for p in label))
-    write_jsonl(d / "eval_prompts.jsonl", ({"id": p.id, "prompt": p.prompt} for p in evals))
+    write_jsonl(d / LABEL_PAIRS, (p.to_dict() for p in label))
+    write_jsonl(d / EVAL_PROMPTS, ({"id": p.id, "prompt": p.prompt} for p in evals))
     return counts | {"label_pairs": len(label), "eval_prompts": len(evals)}
