@@ -90,6 +90,50 @@ def sentence_prefixes(text: str, k: int) -> list[str]:
     return [text[:c].strip() for c in picks]
 
 
+def _prompt_groups(rows: list[dict]) -> np.ndarray:
+    keys = [json.dumps(r["prompt"], sort_keys=True) for r in rows]
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
+
+def label_spread(rows: list[dict], dim: str) -> dict:
+    """How the labels of one dimension vary between prompts (the spread of the prompts' mean
+    labels) and within them (the mean spread of one prompt's replies): a policy steers only
+    within a prompt, so the within-prompt part is what its control can use."""
+    g = _prompt_groups(rows)
+    y = np.array([r["rewards"][dim] for r in rows], dtype=float)
+    size = np.bincount(g).astype(float)
+    means = np.bincount(g, weights=y) / size
+    within = y - means[g]
+    total = float(np.var(y))
+    return {"between_prompt_std": float(np.sqrt(np.average((means - y.mean()) ** 2, weights=size))),
+            "within_prompt_std": float(np.sqrt(np.mean(within ** 2))),
+            "within_share_of_variance": float(np.mean(within ** 2) / total) if total > 0 else None,
+            "replies_per_prompt": float(size.mean())}
+
+
+def imitation_bound(rows: list[dict], dims: list[str], draws: int = 20, seed: int = 0) -> dict:
+    """The r a policy that imitates its training data could reach: for each training prompt and
+    targets drawn uniformly and independently per dimension, the prompt's labelled reply whose
+    labels are nearest the targets; r of target against that reply's label, per dimension
+    (in-sample, so an upper estimate for these replies; 'imitation_r')."""
+    g = _prompt_groups(rows)
+    labels = np.array([[r["rewards"][d] for d in dims] for r in rows], dtype=float)
+    rng = np.random.default_rng(seed)
+    t_all, a_all = [], []
+    for k in range(int(g.max()) + 1):
+        cand = labels[g == k]
+        t = rng.random((draws, len(dims)))
+        pick = ((cand[None, :, :] - t[:, None, :]) ** 2).sum(-1).argmin(1)
+        t_all.append(t)
+        a_all.append(cand[pick])
+    t, a = np.concatenate(t_all), np.concatenate(a_all)
+    out = {}
+    for j, d in enumerate(dims):
+        r = np.corrcoef(t[:, j], a[:, j])[0, 1] if np.ptp(a[:, j]) > 0 else float("nan")
+        out.setdefault(d, {})["imitation_r"] = None if np.isnan(r) else float(r)
+    return out
+
+
 @recorded("label")
 def run_label(cfg: LabelConfig) -> dict:
     from .models import load_tokenizer
@@ -147,7 +191,10 @@ def run_label(cfg: LabelConfig) -> dict:
         stats[dim] = {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
                       "quantiles": [float(q) for q in np.quantile(scores, [0, .1, .25, .5, .75, .9, 1])],
                       "frac_below_0.1": float(np.mean(scores < 0.1)),
-                      "frac_above_0.9": float(np.mean(scores > 0.9))}
+                      "frac_above_0.9": float(np.mean(scores > 0.9)),
+                      **label_spread(rows, dim)}
+    for dim, bound in imitation_bound(rows, list(cfg.scorers)).items():
+        stats[dim].update(bound)
     out = in_run(cfg.run, cfg.out, LABELS)
     write_jsonl(out, rows)
     update_metrics(cfg.run, labels=stats)

@@ -14,6 +14,7 @@ killed run resumes where it stopped (``runs.Run``).
 from __future__ import annotations
 
 import re
+from typing import Literal
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from .runs import (ELO, LABELS, SCORES, STEERED, Run, generations_file, policy_d
                    write_jsonl)
 from .template import RewardTemplate
 
+#: The three disjoint sides of every dimension's pairs (data/DIM-SIDE.jsonl).
+SIDES = ("train", "dev", "test")
+
 #: Fields of each nested stage config that the recipe sets (where the stage reads and writes,
 #: the seed, what only the recipe knows).
 OWNED = {
@@ -36,7 +40,7 @@ OWNED = {
     "sft": ("data", "out", "run", "model", "conditioned", "template", "seed", "cpu_bf16"),
     "sampling": ("seed",),
     "evaluate": ("generations", "scorers", "test_scorers", "out", "run", "openers", "seed",
-                 "primary"),
+                 "primary", "split"),
 }
 #: The recipe's own files in RUN/data: the policy's training prompts (the first label_pairs
 #: training pairs of each dimension) and the held-out evaluation prompts.
@@ -59,7 +63,13 @@ class RecipeConfig:
     test_data: dict[str, str] = field(default_factory=dict)
     """Dimension -> held-out pairs from another source (else the hash split's held-out part)."""
     test_fraction: float = 0.2
-    """Share of each dimension's pairs held out by the hash split (when test_data lacks it)."""
+    """Share of each dimension's pairs in the locked test split (by the hash of the first user
+    turn), used only for reported figures; test_data, where given, replaces it."""
+    dev_fraction: float = 0.1
+    """Share of each dimension's pairs in the dev split (recipe search), carved from training."""
+    eval_split: Literal["dev", "test"] = "dev"
+    """Where the evaluation prompts come from: dev while choosing a recipe; test, counted in the
+    manifest, for figures that are reported."""
     scorers: dict[str, str] = field(default_factory=dict)
     """Dimension -> a ready scorer that labels instead of a trained reward model (synthetic:...,
     a reward-model folder, module:function)."""
@@ -84,8 +94,22 @@ class RecipeConfig:
     samples_per_prompt: int = 4
     """Samples per evaluation prompt, each with its own drawn targets."""
     seed: int = 0
-    """The one seed of the run: reward models (the test RMs seed + 1), SFT, sampling (steered
-    samples seed + 1), bootstrap."""
+    """The run's seed: reward models (the test RMs seed + 1), the steered samples (seed + 1),
+    the bootstrap; also the policy seed when seeds is empty."""
+    seeds: list[int] = field(default_factory=list)
+    """Policy seeds: the reward models, steered samples and labels are made once, and every
+    policy stage (SFT, sampling, the baselines) runs once per seed; the figures are means over
+    seeds. Empty: [seed]. A run can be extended with more seeds by running it again."""
+    baselines: list[str] = field(default_factory=lambda: ["uncond_sft", "prompted", "opener_rule",
+                                                          "best_of_4", "best_of_16"])
+    """Baselines on the same prompts, targets and sampling: uncond_sft (the same replies and
+    steps, no block), prompted (the base model told the targets in its system prompt),
+    opener_rule (the opener nearest the target by its mean training label, continued by the base
+    model; only with openers), best_of_N (N samples of uncond_sft, the one nearest the target
+    by the labelling RM)."""
+    satisficing: list[float] = field(default_factory=list)
+    """Thresholds x: the conditioned policy (first seed) is also asked for '>= x' in every
+    dimension, and, beside it, for exact targets drawn uniformly from [x, 1]."""
     cpu_bf16: bool = True
     """bf16 autocast for every stage where the hardware computes bf16 natively (a GPU with bf16,
     a CPU with AVX512-BF16 or AMX); elsewhere fp32. False: fp32 throughout."""
@@ -121,6 +145,18 @@ class RecipeConfig:
         for family in (self.rm.family, self.test_rm_family):
             if family is not None and family not in FAMILIES:
                 raise ValueError(f"reward-model family must be one of {FAMILIES}, not {family!r}")
+        from .evaluation.baselines import check_baselines
+
+        check_baselines(self.baselines)
+        if "opener_rule" in self.baselines and not [o for o in self.openers if o]:
+            raise ValueError("the opener_rule baseline needs openers; remove it from baselines")
+        if len(set(self.policy_seeds)) != len(self.policy_seeds):
+            raise ValueError(f"seeds must differ, got {self.seeds}")
+        bad = [x for x in self.satisficing if not 0.0 < x < 1.0]
+        if bad:
+            raise ValueError(f"satisficing thresholds must lie in (0, 1), got {bad}")
+        if self.eval_split not in ("dev", "test"):
+            raise ValueError(f"eval_split must be dev or test, not {self.eval_split!r}")
         if not self.pair_replies and not (self.openers and self.steer_samples > 0):
             raise ValueError("nothing to label: turn on pair_replies or give openers "
                              "(and steer_samples >= 1)")
@@ -151,6 +187,10 @@ class RecipeConfig:
                        half=("second" if is_test else "first") if self.test_rm else None,
                        seed=self.seed + is_test, family=family, cpu_bf16=self.cpu_bf16, **own)
 
+    @property
+    def policy_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
     def template_dict(self) -> dict:
         return replace(self.template, dimensions=tuple(self.data)).to_dict()
 
@@ -161,8 +201,10 @@ RECIPE_FIELDS = frozenset(f.name for f in fields(RecipeConfig))
 
 def run_recipe(cfg: RecipeConfig) -> dict:
     """Run (or resume) the recipe into ``cfg.out``; returns the headline figures per dimension."""
-    from .data import SHIPPED
+    from .data import source_files
     from .evaluation.controllability import run_evaluate
+    from .evaluation.baselines import (PROMPTED_SYSTEM, BestOfConfig, best_of_n_list, opener_means,
+                                       run_best_of)
     from .evaluation.elo import EloConfig, run_elo
     from .sampling import run_generate
     from .labelling import run_label
@@ -177,16 +219,17 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     d, rundir = run.path("data"), str(run.dir)
     sources = {**{dim: cfg.data[dim] for dim in dims},
                **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()}}
-    sources = {name: Path(SHIPPED.get(src) or src) for name, src in sources.items()}
-    for name, path in sources.items():  # a resume over changed data stops here
-        run.record_data(f"source:{name}", path)
-    source_files = [str(p) for p in sources.values() if p.is_file()]
+    files = {name: source_files(src) for name, src in sources.items()}
+    for name, paths in files.items():  # a resume over changed data stops here
+        for i, path in enumerate(paths):
+            run.record_data(f"source:{name}" + (f":{i}" if i else ""), path)
+    inputs = [str(p) for paths in files.values() for p in paths]
 
-    split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in ("train", "test")]
+    split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in SIDES]
     prompt_files = [d / LABEL_PAIRS, d / EVAL_PROMPTS]
     run.stage("data", lambda: write_data(cfg, d), config={k: getattr(cfg, k) for k in (
-        "data", "test_data", "test_fraction", "label_pairs", "eval_prompts")},
-        inputs=source_files, outputs=split_files + prompt_files)
+        "data", "test_data", "test_fraction", "dev_fraction", "eval_split", "label_pairs",
+        "eval_prompts")}, inputs=inputs, outputs=split_files + prompt_files)
 
     # Reward models: a labelling RM per dimension (the first half of its training pairs) and a
     # held-out test RM (the second half, seed + 1) that only evaluate reads.
@@ -218,38 +261,88 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     run.stage("label", lambda: run_label(label), config=label,
               inputs=label.pairs + samples + _paths(scorers), outputs=[label_out])
 
-    for name, conditioned in POLICIES.items():
-        sft = replace(cfg.sft, run=rundir, model=cfg.policy, conditioned=conditioned,
-                      template=template, seed=cfg.seed, cpu_bf16=cfg.cpu_bf16)
-        run.stage(f"sft_{name}", lambda sft=sft: run_sft(sft), config=sft, inputs=[label_out],
-                  outputs=[run.path(policy_dir(name), "final")])
-    for name, conditioned in POLICIES.items():
-        gen = GenerateConfig(
-            prompts=str(d / EVAL_PROMPTS), model=str(run.path(policy_dir(name), "final")),
-            run=rundir, label=name, conditioned=conditioned, template=template,
-            samples_per_prompt=cfg.samples_per_prompt, max_prompt_tokens=cfg.sft.max_prompt_tokens,
-            sampling=replace(cfg.sampling, seed=cfg.seed))
-        run.stage(f"generate_{name}", lambda gen=gen: run_generate(gen), config=gen,
-                  inputs=[gen.prompts, gen.model], outputs=[run.path(generations_file(name))])
+    # The policy stages, once per seed: the conditioned policy and the baselines, all on the
+    # same evaluation prompts with the same drawn targets and sampling settings.
+    seeds = cfg.policy_seeds
+    bon = best_of_n_list(cfg.baselines)
+    trained = {name: c for name, c in POLICIES.items() if name == "conditioned" or name in cfg.baselines}
+    rule = {}
+    if "opener_rule" in cfg.baselines:
+        rule = opener_means(label_out, [o for o in cfg.openers if o], list(dims))
+    controls: dict[int, list[str]] = {}
+    others: list[str] = []
 
-    generations = [str(run.path(generations_file(name))) for name in POLICIES]
+    def generate(name: str, model: str, s: int, **kw) -> str:
+        gen = GenerateConfig(
+            prompts=str(d / EVAL_PROMPTS), model=model, run=rundir, label=name,
+            out=str(run.path(generations_file(f"{name}_s{s}"))), template=template,
+            max_prompt_tokens=cfg.sft.max_prompt_tokens, sampling=replace(cfg.sampling, seed=s),
+            **{"samples_per_prompt": cfg.samples_per_prompt, **kw})
+        run.stage(f"generate_{name}_s{s}", lambda: run_generate(gen), config=gen,
+                  inputs=[gen.prompts] + _paths([model]), outputs=[gen.out])
+        return gen.out
+
+    for s in seeds:
+        gens = controls.setdefault(s, [])
+        for name, conditioned in trained.items():
+            sft = replace(cfg.sft, run=rundir, model=cfg.policy, conditioned=conditioned,
+                          template=template, seed=s, cpu_bf16=cfg.cpu_bf16,
+                          out=str(run.path(policy_dir(f"{name}_s{s}"))))
+            run.stage(f"sft_{name}_s{s}", lambda sft=sft: run_sft(sft), config=sft,
+                      inputs=[label_out], outputs=[Path(sft.out, "final")])
+            gens.append(generate(name, str(Path(sft.out, "final")), s, conditioned=conditioned))
+        if "prompted" in cfg.baselines:
+            gens.append(generate("prompted", cfg.policy, s, conditioned=False,
+                                 system=PROMPTED_SYSTEM))
+        if rule:
+            gens.append(generate("opener_rule", cfg.policy, s, conditioned=False,
+                                 opener_rule=rule))
+        if bon:
+            uncond = str(run.path(generations_file(f"uncond_sft_s{s}")))
+            pool = uncond if max(bon) <= cfg.samples_per_prompt else generate(
+                "pool", str(run.path(policy_dir(f"uncond_sft_s{s}"), "final")), s,
+                conditioned=False, samples_per_prompt=max(bon))
+            best = BestOfConfig(targets=uncond, pool=pool, scorers=scorers, n=bon, run=rundir,
+                                out=str(run.path(generations_file("best_of_{n}_s%d" % s))))
+            outs = [best.out.format(n=n) for n in bon]
+            run.stage(f"best_of_s{s}", lambda best=best: run_best_of(best), config=best,
+                      inputs=[uncond, pool] + _paths(scorers), outputs=outs)
+            gens += outs
+    for x in cfg.satisficing:  # the first seed's conditioned policy, asked '>= x' and [x, 1]
+        s, model = seeds[0], str(run.path(policy_dir(f"conditioned_s{seeds[0]}"), "final"))
+        others.append(generate(f"at_least_{x:g}", model, s, conditioned=True,
+                               targets=[f">= {x}"] * cfg.samples_per_prompt))
+        others.append(generate(f"exact_{x:g}_to_1", model, s, conditioned=True,
+                               target_range=(x, 1.0)))
+
+    generations = [g for s in seeds for g in controls[s]] + others
     evaluation = replace(cfg.evaluate, generations=generations, scorers=scorers,
                          test_scorers=test_scorers, run=rundir, seed=cfg.seed,
-                         openers=[o for o in cfg.openers if o])
-    run.stage("evaluate", lambda: run_evaluate(evaluation), config=evaluation,
+                         openers=[o for o in cfg.openers if o], split=cfg.eval_split)
+
+    def evaluate() -> dict:
+        result = run_evaluate(evaluation)
+        if cfg.eval_split == "test":  # the locked split: every look at it is counted
+            run.manifest["test_split_evaluations"] = run.manifest.get("test_split_evaluations", 0) + 1
+        return result
+
+    run.stage("evaluate", evaluate, config=evaluation,
               inputs=generations + _paths(scorers) + _paths(test_scorers),
               outputs=[run.path(SCORES)])
-    # Head-to-head ranking of the models on the same prompts, judged by the first dimension's
-    # labelling scorer.
-    elo = EloConfig(judge=scorers[dims[0]], generations=generations, run=rundir,
+    # Head-to-head ranking of the first seed's models on the same prompts, judged by the first
+    # dimension's labelling scorer.
+    elo = EloConfig(judge=scorers[dims[0]], generations=controls[seeds[0]], run=rundir,
                     n_boot=cfg.evaluate.n_boot, seed=cfg.seed)
     run.stage("elo", lambda: {"models": run_elo(elo)["models"]}, config=elo,
-              inputs=generations + _paths([elo.judge]), outputs=[run.path(ELO)])
+              inputs=elo.generations + _paths([elo.judge]), outputs=[run.path(ELO)])
     metrics = update_json(run.path("metrics.json"), lambda m: m.update(
         budget={"pipeline_wall_s": run.total_wall_s(),
-                "peak_rss_mib": run.manifest.get("peak_rss_mib")}))
+                "peak_rss_mib": run.manifest.get("peak_rss_mib")},
+        test_split_evaluations=run.manifest.get("test_split_evaluations", 0)))
     run.stage("report", lambda: {"report": str(build_report(run.dir))}, force=True)
-    return {dim: {k: metrics[dim].get(k) for k in ("pearson_r", "ci_low", "ci_high")}
+    control = metrics["control"]
+    return {dim: {k: (control["dimensions"][dim].get("conditioned") or {}).get(k)
+                  for k in ("r", "ci_low", "ci_high")} | {"judge": control["judge"]}
             for dim in dims} | {"report": str(run.path("report.html"))}
 
 
@@ -260,23 +353,38 @@ def _paths(specs) -> list[str]:
 
 
 def write_data(cfg: RecipeConfig, d: Path) -> dict:
-    """Per dimension the training and held-out pairs; the policy's training prompts (the first
-    label_pairs training pairs of each dimension) and the evaluation prompts (the first
-    eval_prompts held-out ones), so that no evaluation prompt was ever trained on."""
-    from .data import load_preferences, split_pairs
+    """Per dimension the train / dev / test pairs by the hash split of the first user turn (a
+    conversation never lands on two sides); the policy's training prompts (the first label_pairs
+    training pairs of each dimension) and the evaluation prompts (the first eval_prompts pairs of
+    the eval_split side), so that no evaluation prompt was ever trained on. Unreadable rows and
+    pairs whose chosen equals rejected are skipped and counted."""
+    from .data import assign_split, drop_identical, read_preferences, split_point
 
     label, evals, counts = [], [], {}
     for dim, source in cfg.data.items():
-        pairs = load_preferences(source, skip_bad=True)
-        if dim in cfg.test_data:
-            train, test = pairs, load_preferences(cfg.test_data[dim], skip_bad=True)
-        else:
-            train, test = split_pairs(pairs, cfg.test_fraction)
-        for side, rows in (("train", train), ("test", test)):
-            write_jsonl(d / f"{dim}-{side}.jsonl", (p.to_dict() for p in rows))
-            counts[f"{dim}-{side}"] = len(rows)
-        label += train[:cfg.label_pairs]
-        evals += test[:cfg.eval_prompts]
+        pairs, skipped = read_preferences(source, skip_bad=True)
+        pairs, n_identical = drop_identical(pairs, source, True)
+        sides: dict[str, list] = {side: [] for side in SIDES}
+        for p in pairs:
+            sides[assign_split(p, cfg.test_fraction, dev_fraction=cfg.dev_fraction)].append(p)
+        if dim in cfg.test_data:  # another source's pairs are the test side
+            held, held_skipped = read_preferences(cfg.test_data[dim], skip_bad=True)
+            sides["train"] += sides.pop("test")
+            sides["test"], _ = drop_identical(held, cfg.test_data[dim], True)
+            skipped += held_skipped
+        for side in SIDES:  # in hash order, so that a prefix mixes a group's files evenly
+            sides[side].sort(key=split_point)
+            write_jsonl(d / f"{dim}-{side}.jsonl", (p.to_dict() for p in sides[side]))
+        counts[dim] = {**{side: len(sides[side]) for side in SIDES},
+                       "skipped_bad": dict(skipped), "skipped_identical": n_identical}
+        if not sides[cfg.eval_split]:
+            raise ValueError(f"{dim}: the {cfg.eval_split} split is empty; nothing to evaluate on")
+        label += sides["train"][:cfg.label_pairs]
+        evals += sides[cfg.eval_split][:cfg.eval_prompts]
     write_jsonl(d / LABEL_PAIRS, (p.to_dict() for p in label))
-    write_jsonl(d / EVAL_PROMPTS, ({"id": p.id, "prompt": p.prompt} for p in evals))
-    return counts | {"label_pairs": len(label), "eval_prompts": len(evals)}
+    write_jsonl(d / EVAL_PROMPTS, ({"id": p.id, "prompt": p.prompt, "split": cfg.eval_split}
+                                   for p in evals))
+    return {"pairs": counts, "label_pairs": len(label), "eval_prompts": len(evals),
+            "eval_split": cfg.eval_split,
+            "rule": "sha256('rewardprompt' + first user turn) in [0, 1): below test_fraction "
+                    "test, below test_fraction + dev_fraction dev, else train"}

@@ -29,6 +29,10 @@ from typing import Any
 from .errors import DataError
 
 MANIFEST = "manifest.json"
+#: Config fields a resumed run may change: where it lives, and what only adds stages to it
+#: (policy seeds, baselines, satisficing thresholds); every stage's own key guards what it
+#: computed, and the evaluation runs again over what is there.
+RESUMABLE = ("out", "seeds", "baselines", "satisficing")
 # Where each stage writes inside a run directory: named here once, read by every stage, the
 # recipe and the report.
 LABELS = "label/train.jsonl"
@@ -422,7 +426,7 @@ class Run:
             config = redact(to_jsonable(config))
             old = self.manifest.get("config")
             # Where the run lives is not part of what it is: `runs/x` and `./runs/x` resume it.
-            changed = sorted(k for k in set(old or {}) | set(config) if k != "out"
+            changed = sorted(k for k in set(old or {}) | set(config) if k not in RESUMABLE
                              and (old or {}).get(k) != config.get(k)) if old is not None else []
             if changed:
                 raise ValueError(f"{self.dir} holds a run made with another config (changed: "

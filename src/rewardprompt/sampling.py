@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -43,21 +44,45 @@ class GenerateConfig:
     by the policy ('' is its own start); n_tokens counts only the generated tokens."""
     max_prompt_tokens: int | None = None
     """Prompt budget; None: the policy's own (from its rewardprompt.json), else 192."""
+    system: str | None = None
+    """A system message put before each dialogue, with {targets} (e.g. "helpful 0.42, harmless
+    0.75") and {dimensions} filled in: the prompted-target baseline, which tells a model the
+    targets in words instead of training it on the block."""
+    opener_rule: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Opener -> its mean training label per dimension: each reply is started with the opener
+    whose mean labels are nearest its targets (Euclidean), and continued by the policy (the
+    opener-rule baseline). Empty: off."""
+    target_range: tuple[float, float] = (0.0, 1.0)
+    """Drawn targets are uniform on this interval (e.g. 0.7 1 beside '>= 0.7' targets)."""
     backend: str = "local"
     """Sampling backend."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How to sample."""
 
 
-def draw_targets(n: int, dimensions: tuple[str, ...], seed: int) -> list[dict[str, float]]:
-    """``n`` target vectors, uniform on [0, 1] and independent per dimension.
+def draw_targets(n: int, dimensions: tuple[str, ...], seed: int,
+                 lo: float = 0.0, hi: float = 1.0) -> list[dict[str, float]]:
+    """``n`` target vectors, uniform on [lo, hi] and independent per dimension.
 
     Stratified (one draw in each of n equal slices, shuffled per dimension) so that even a small
     evaluation covers the whole range evenly.
     """
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"target_range must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
     rng = np.random.default_rng(seed)
-    cols = {d: (rng.permutation(n) + rng.random(n)) / n for d in dimensions}
+    cols = {d: lo + (hi - lo) * (rng.permutation(n) + rng.random(n)) / n for d in dimensions}
     return [{d: round(float(cols[d][i]), 4) for d in dimensions} for i in range(n)]
+
+
+def targets_in_words(targets: dict[str, Target]) -> str:
+    """``helpful 0.42, harmless at least 0.7``: the targets as the prompted baseline states them."""
+    words = {"=": "", ">=": "at least ", "<=": "at most "}
+    return ", ".join(f"{d} {words[t.op]}{t.value:.2f}" for d, t in targets.items())
+
+
+def nearest_opener(rule: dict[str, dict[str, float]], targets: dict[str, Target]) -> str:
+    """The opener whose mean training labels are nearest the targets (the first on a tie)."""
+    return min(rule, key=lambda o: sum((rule[o][d] - t.value) ** 2 for d, t in targets.items()))
 
 
 @recorded("generate")
@@ -105,15 +130,35 @@ def run_generate(cfg: GenerateConfig) -> dict:
             jobs += [(r, {d: given[perms[d][k]] for d in dims})
                      for k in range(len(given))]
     else:
-        drawn = draw_targets(len(rows) * cfg.samples_per_prompt, dims, cfg.sampling.seed)
+        drawn = draw_targets(len(rows) * cfg.samples_per_prompt, dims, cfg.sampling.seed,
+                             *cfg.target_range)
         for i, r in enumerate(rows):
             jobs += [(r, {d: Target(v) for d, v in t.items()})
                      for t in drawn[i * cfg.samples_per_prompt:(i + 1) * cfg.samples_per_prompt]]
-    prefills = cfg.prefills or [""]
-    jobs = [(r, t, p) for r, t in jobs for p in prefills]
+    if cfg.opener_rule and cfg.prefills:
+        raise ValueError("give prefills (every opener for every sample) or opener_rule (the "
+                         "nearest opener per sample), not both")
+    if (cfg.opener_rule or cfg.system) and not dims:
+        raise ValueError("opener_rule and system need targets: give the template's dimensions")
+    if cfg.opener_rule:
+        missing = sorted({d for m in cfg.opener_rule.values() for d in dims} - set().union(
+            *(m.keys() for m in cfg.opener_rule.values())))
+        if missing:
+            raise ValueError(f"opener_rule lacks mean labels for {missing}")
+        jobs = [(r, t, nearest_opener(cfg.opener_rule, t)) for r, t in jobs]
+    else:
+        jobs = [(r, t, p) for r, t in jobs for p in (cfg.prefills or [""])]
+
+    def dialogue(r: dict, t: dict) -> list:
+        if not cfg.system:
+            return r["prompt"]
+        shown = {d: Target(template.quantise(v.value), v.op) for d, v in t.items()}  # as recorded
+        text = cfg.system.format(targets=targets_in_words(shown), dimensions=", ".join(dims))
+        return [{"role": "system", "content": text}] + r["prompt"]
+
     backend = get_backend(cfg.model, cfg.backend)
     tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
-    prompts = [fit_prompt(tok, with_prefill(r["prompt"], p), template or _NO_BLOCK,
+    prompts = [fit_prompt(tok, with_prefill(dialogue(r, t), p), template or _NO_BLOCK,
                           t if conditioned else None, max_prompt_tokens)
                for r, t, p in jobs]
     completions = backend.generate(prompts, cfg.sampling)
@@ -125,12 +170,16 @@ def run_generate(cfg: GenerateConfig) -> dict:
                  "response": (template or _NO_BLOCK).strip_reply_block(
                      c.text, t if conditioned else None),
                  "n_tokens": c.n_tokens,
-                 "finished": c.finished, **({"prefill": p} if cfg.prefills else {})}
+                 "finished": c.finished, "seed": cfg.sampling.seed,
+                 **({"prefill": p} if p else {}),
+                 **({"target_range": list(cfg.target_range)}
+                    if tuple(cfg.target_range) != (0.0, 1.0) else {})}
                 for (r, t, p), c in zip(jobs, completions)]
     out = in_run(cfg.run, cfg.out, generations_file(cfg.label))
     write_jsonl(out, out_rows)
     summary = {"n": len(out_rows), "out": str(out),
                "mean_tokens": float(np.mean([c.n_tokens for c in completions])),
-               "finished": float(np.mean([c.finished for c in completions]))}
-    update_metrics_entry(cfg.run, "generate", cfg.label, summary)
+               "finished": float(np.mean([c.finished for c in completions])),
+               "max_new_tokens": cfg.sampling.max_new_tokens}
+    update_metrics_entry(cfg.run, "generate", Path(out).name.removesuffix(".jsonl"), summary)
     return summary

@@ -31,8 +31,22 @@ SHIPPED: dict[str, Path] = {
     "ultrafeedback": _SHIPPED_DIR / "ultrafeedback-train.jsonl.gz",
     "ultrafeedback-eval": _SHIPPED_DIR / "ultrafeedback-eval.jsonl.gz",
 }
+#: Shipped names that stand for several shipped files, read one after the other.
+SHIPPED_GROUPS: dict[str, tuple[str, ...]] = {
+    "hh-helpful": ("hh-helpful-base", "hh-helpful-online", "hh-helpful-rejection-sampled"),
+}
 
-__all__ = ["PreferencePair", "SHIPPED", "shipped_path", "pair_from_row", "read_preferences",
+
+def source_files(source: str | Path) -> list[Path]:
+    """The files a source reads: a shipped file, each file of a shipped group, or the path
+    itself (empty for a Hub id or a folder)."""
+    src = str(source)
+    names = SHIPPED_GROUPS.get(src, (src,))
+    paths = [SHIPPED.get(n) or Path(n) for n in names]
+    return [p for p in paths if p.is_file()]
+
+__all__ = ["PreferencePair", "SHIPPED", "SHIPPED_GROUPS", "source_files", "shipped_path",
+           "pair_from_row", "read_preferences",
            "load_preferences", "split_key", "assign_split", "split_pairs", "dialogue_to_text",
            "ConvertConfig", "convert"]
 
@@ -56,7 +70,8 @@ class PreferencePair:
 
 def shipped_path(name: str) -> Path:
     if name not in SHIPPED:
-        raise DataError(f"unknown shipped dataset {name!r}; choose from {', '.join(SHIPPED)}",
+        raise DataError(f"unknown shipped dataset {name!r}; choose from {', '.join(SHIPPED)} "
+                        f"(or a group: {', '.join(SHIPPED_GROUPS)})",
                         code="not_found")
     return SHIPPED[name]
 
@@ -176,6 +191,10 @@ def _rows(source: str | Path, split: str | None,
     reading can go on past it.
     """
     src = str(source)
+    if src in SHIPPED_GROUPS:
+        for name in SHIPPED_GROUPS[src]:
+            yield from _rows(name, split, data_dir)
+        return
     path = SHIPPED.get(src) or Path(src)
     if path.is_file():
         for lineno, raw in iter_jsonl_lines(path):
@@ -189,7 +208,8 @@ def _rows(source: str | Path, split: str | None,
     try:
         ds = datasets.load_dataset(src, data_dir=data_dir, split=split or "train")
     except Exception as exc:  # noqa: BLE001 - many failure types; all mean "cannot load this"
-        raise DataError(f"not a file or shipped name ({', '.join(SHIPPED)}), and loading it as a "
+        raise DataError(f"not a file or shipped name ({', '.join([*SHIPPED, *SHIPPED_GROUPS])}), "
+                        "and loading it as a "
                         f"Hub dataset failed: {exc}", file=src, code="not_found") from exc
     for i, row in enumerate(ds):
         yield src, i + 1, lambda row=row: row
@@ -288,13 +308,16 @@ def drop_identical(pairs: list[Any], source: str, drop: bool) -> tuple[list[Any]
 
 def _locate(source: str, index: int) -> tuple[str, int | None]:
     """(file, line) of the ``index``-th pair loaded from ``source``, as the loader names them."""
-    path = SHIPPED.get(str(source)) or Path(str(source))
-    if not path.is_file():  # a Hub dataset: the loader numbers its rows from 1
+    paths = source_files(source)
+    if not paths:  # a Hub dataset: the loader numbers its rows from 1
         return str(source), index + 1
-    for k, (line, _) in enumerate(iter_jsonl_lines(path)):
-        if k == index:
-            return str(path), line
-    return str(path), None
+    k = 0
+    for path in paths:  # a shipped group is its files one after the other
+        for line, _ in iter_jsonl_lines(path):
+            if k == index:
+                return str(path), line
+            k += 1
+    return str(paths[-1]), None
 
 
 # ---------------------------------------------------------------- reading options

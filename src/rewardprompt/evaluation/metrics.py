@@ -235,3 +235,67 @@ def controllability(targets: np.ndarray, actuals: np.ndarray, lengths: np.ndarra
             notes.append("no within-prompt variation: within-prompt r undefined")
     res["note"] = "; ".join(notes) or None
     return res
+
+
+def seed_prompt_bootstrap(cells: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+                          n_groups: int, *, primary: str | None = None, n_boot: int = 1000,
+                          seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Mean Pearson r over seeds per model, with a CI from a bootstrap over prompts and seeds,
+    and the paired difference of the primary model against every other.
+
+    ``cells[model][seed] = (targets, actuals, prompt_index)``, the prompt index in
+    ``0..n_groups-1`` shared by every model. Each resample draws the prompts with replacement
+    (one draw for every model and seed, so that differences are paired by prompt) and the seeds
+    with replacement; a model's statistic is the mean over the drawn seeds of r computed on the
+    drawn prompts. Returns per model ``r`` (the mean over its seeds), ``ci_low``, ``ci_high``,
+    ``per_seed`` and, for the others, ``diff_vs_primary`` (primary minus model) with its CI.
+    """
+    seeds = sorted({s for per in cells.values() for s in per})
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)
+    c = rng.multinomial(len(seeds), np.full(len(seeds), 1.0 / len(seeds)), size=n_boot).astype(float)
+    boot: dict[str, np.ndarray] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for model, per in cells.items():
+        rs, point = np.full((n_boot, len(seeds)), np.nan), {}
+        for k, s in enumerate(seeds):
+            if s not in per:
+                continue
+            x, y, g = per[s]
+            if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+                point[s] = None
+                continue
+            point[s] = float(stats.pearsonr(x, y).statistic)
+            rs[:, k] = _r_and_slope(w @ _group_moments(x, y, g, n_groups))[0]
+        have = ~np.isnan(rs)
+        weights = c * have
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot[model] = np.nansum(rs * weights, axis=1) / weights.sum(axis=1)
+        vals = [v for v in point.values() if v is not None]
+        lo, hi = percentile_ci(boot[model])
+        out[model] = {"r": float(np.mean(vals)) if vals else None, "ci_low": lo, "ci_high": hi,
+                      "per_seed": {str(s): point.get(s) for s in seeds if s in per},
+                      "n_seeds": len([s for s in seeds if s in per]), "n_boot": n_boot}
+    if primary in boot:
+        for model in out:
+            if model == primary or out[model]["r"] is None or out[primary]["r"] is None:
+                continue
+            lo, hi = percentile_ci(boot[primary] - boot[model])
+            out[model]["diff_vs_primary"] = {"diff": out[primary]["r"] - out[model]["r"],
+                                             "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def satisficing(thresholds: np.ndarray, actuals: np.ndarray, groups: np.ndarray,
+                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """What a ``>= x`` target asks for: the share of responses whose actual reward is at least
+    x, and their mean reward, each with a CI from a bootstrap over prompts."""
+    from ..stats import bootstrap_mean_ci
+
+    x, y = np.asarray(thresholds, dtype=float), np.asarray(actuals, dtype=float)
+    met = (y >= x).astype(float)
+    lo, hi = bootstrap_mean_ci(met, n_boot, seed, groups=groups)
+    mlo, mhi = bootstrap_mean_ci(y, n_boot, seed, groups=groups)
+    return {"n": int(x.size), "share_met": float(met.mean()), "share_ci_low": lo,
+            "share_ci_high": hi, "mean_actual": float(y.mean()), "mean_ci_low": mlo,
+            "mean_ci_high": mhi}

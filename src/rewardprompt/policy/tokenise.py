@@ -57,13 +57,19 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
 
     Oldest turns go first; if the last user turn alone is too long, its beginning is cut. The
     reward block is put in after shortening, so it survives at either position; a prefill (a
-    trailing assistant message) is kept whole and counted.
+    trailing assistant message) is kept whole and counted. A leading system message (the
+    prompted-target baseline's instructions) is kept whole and not counted, so that it leaves
+    the dialogue the same budget as a prompt without it.
     """
     dialogue, prefill = split_prefill(messages)
-    msgs = [dict(m) for m in dialogue]
+    system = [dict(m) for m in dialogue[:1] if m["role"] == "system"]
+    msgs = [dict(m) for m in dialogue[len(system):]]
+    own = (_n_tokens(tokenizer, render_prompt(tokenizer, system + [{"role": "user", "content": ""}]))
+           - _n_tokens(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": ""}]))
+           if system else 0)
     while True:
-        with_block = template.apply(with_prefill(msgs, prefill), targets)
-        n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block))
+        with_block = template.apply(with_prefill(system + msgs, prefill), targets)
+        n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block)) - own
         excess = n - max_prompt_tokens
         if excess <= 0:
             return with_block
