@@ -39,7 +39,8 @@ def assert_report_complete(run: Path) -> None:
     assert "not available" not in html, [line for line in html.split("<h2>") if "not available"
                                          in line][:3]
     assert html.count("data:image/png;base64,") >= 3  # target vs actual, labels, Elo
-    for heading in ("Goal", "Controllability", "Openers by target", "Training labels",
+    for heading in ("Goal", "Control against the baselines", "Controllability",
+                    "Openers by target", "Training labels",
                     "Reward-model accuracy", "Labelling RM vs held-out test RM", "Elo ratings",
                     "Stage wall times", "Example generations", "Config", "Provenance"):
         assert f"<h2>{heading}" in html, heading
@@ -68,7 +69,7 @@ evaluate: {{n_boot: 50}}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dimensions"] == ["quality"]
     assert set(metrics["rm"]) == {"quality", "quality-test"}
-    meta = json.loads((run / "sft/conditioned/final/rewardprompt.json").read_text())
+    meta = json.loads((run / "sft/conditioned_s0/final/rewardprompt.json").read_text())
     assert meta["template"]["dimensions"] == ["quality"]
     # the steered samples of the base policy record no target for a dimension it never saw
     steered = [json.loads(line) for line in (run / "generate/steered.jsonl").open()]

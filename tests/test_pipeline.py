@@ -53,16 +53,36 @@ def test_every_stage_and_outputs(clean_run):
     stages = manifest["stages"]
     for s in ["data", "rm_helpful", "rm_helpful_test", "rm_harmless", "rm_harmless_test",
               "sample_steered", "label",
-              "sft_conditioned", "sft_uncond_sft", "generate_conditioned", "generate_uncond_sft",
-              "evaluate", "elo", "report"]:
+              "sft_conditioned_s0", "sft_uncond_sft_s0", "generate_conditioned_s0",
+              "generate_uncond_sft_s0", "generate_prompted_s0", "generate_opener_rule_s0",
+              "generate_pool_s0", "best_of_s0", "evaluate", "elo", "report"]:
         assert stages[s]["done"] and stages[s]["wall_s"] >= 0, s
     for key in ("config", "versions", "git_commit", "seeds", "data", "peak_rss_mib"):
         assert key in manifest
+    assert manifest["test_split_evaluations"] == 1  # the demo evaluates the locked test split
+    # helpful is HH's three helpful files: each one's hash is recorded
+    assert {"source:helpful", "source:helpful:1", "source:helpful:2"} <= set(manifest["data"])
     # the input data's hashes (checked on a resume) and each stage's outputs' hashes
     assert manifest["data"]["source:harmless"]["hash"].startswith("sha256:")
     assert stages["data"]["outputs"]["data/label_pairs.jsonl"].startswith("sha256:")
     assert (clean_run / "stages" / "label.json").is_file()
     metrics = json.loads((clean_run / "metrics.json").read_text())
+    assert metrics["eval_split"] == "test" and metrics["control"]["judge"] == "test_rm"
+    assert metrics["control"]["seeds"] == [0]
+    for dim in ("helpful", "harmless"):
+        per = metrics["control"]["dimensions"][dim]
+        assert set(per) == {"conditioned", "uncond_sft", "prompted", "opener_rule", "best_of_4"}
+        for model in ("uncond_sft", "prompted"):  # the paired bootstrap against each baseline
+            assert per[model]["diff_vs_primary"]["ci_low"] <= per[model]["diff_vs_primary"]["ci_high"]
+        assert per["conditioned"]["labelling_rm"]["r"] is not None  # stands beside the judge's
+        g = metrics["goal"][dim]
+        assert g["asked"]["judge"] == "test_rm" and g["asked"]["split"] == "test"
+        assert g["met"] == (g["r_met"] and g["above_met"])
+        for key in ("between_prompt_std", "within_prompt_std", "imitation_r"):
+            assert key in metrics["labels"][dim]
+    assert metrics["control"]["cost"]["best_of_4"] == {"samples_per_response": 4.0,
+                                                       "rm_calls_per_response": 8.0}
+    assert 0.0 <= metrics["replies"]["conditioned"]["finished_share"] <= 1.0
     for dim in ("helpful", "harmless"):
         for key in ("pearson_r", "ci_low", "ci_high", "slope", "bins"):
             assert key in metrics[dim]
@@ -86,18 +106,30 @@ def test_every_stage_and_outputs(clean_run):
     html = (clean_run / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "r, test RM" in html  # the labelling-vs-test RM table was filled
-    # held-out prompts were never trained on
+    assert "<b>Asked:</b>" in html and "<b>Result:</b>" in html  # the goal, in words
+    # held-out prompts were never trained on: the sides are disjoint by their first user turn
+    first = lambda p: next(m["content"] for m in p if m["role"] == "user")  # noqa: E731
+    sides = {side: {first(json.loads(l)["prompt"]) for d in ("helpful", "harmless")
+                    for l in (clean_run / f"data/{d}-{side}.jsonl").open()}
+             for side in ("train", "dev", "test")}
+    assert not (sides["train"] & sides["dev"] or sides["train"] & sides["test"]
+                or sides["dev"] & sides["test"])
     train_ids = {json.loads(l)["id"] for l in (clean_run / "data/label_pairs.jsonl").open()}
-    eval_ids = {json.loads(l)["id"] for l in (clean_run / "data/eval_prompts.jsonl").open()}
-    assert not train_ids & eval_ids
+    evals = [json.loads(l) for l in (clean_run / "data/eval_prompts.jsonl").open()]
+    assert {first(r["prompt"]) for r in evals} <= sides["test"] and {r["split"] for r in evals} == {"test"}
+    assert not train_ids & {r["id"] for r in evals}
     # the conditioned model saw the block, the baseline did not, with the same recorded targets
-    cond = [json.loads(l) for l in (clean_run / "generate/conditioned.jsonl").open()]
-    base = [json.loads(l) for l in (clean_run / "generate/uncond_sft.jsonl").open()]
-    assert [r["targets"] for r in cond] == [r["targets"] for r in base]
-    assert all(r["conditioned"] for r in cond) and not any(r["conditioned"] for r in base)
+    gens = {m: [json.loads(l) for l in (clean_run / f"generate/{m}_s0.jsonl").open()]
+            for m in ("conditioned", "uncond_sft", "prompted", "opener_rule", "best_of_4")}
+    cond = gens["conditioned"]
+    for rows in gens.values():  # every baseline meets the same prompts and targets
+        assert [(r["id"], r["targets"]) for r in rows] == [(r["id"], r["targets"]) for r in cond]
+    assert all(r["conditioned"] for r in cond)
+    assert not any(r["conditioned"] for m in ("uncond_sft", "prompted", "opener_rule") for r in gens[m])
+    assert all(r["prefill"] in STEER_PREFILLS for r in gens["opener_rule"] if "prefill" in r)
     # the demo's block opens the reply: it is prompt, never part of a recorded response
     assert not any("<REWARD>" in r["response"] for r in cond)
-    cond_meta = json.loads((clean_run / "sft/conditioned/final/rewardprompt.json").read_text())
+    cond_meta = json.loads((clean_run / "sft/conditioned_s0/final/rewardprompt.json").read_text())
     assert cond_meta["template"]["position"] == "reply" and cond_meta["template"]["close_tag"] == ""
     assert cond_meta["max_completion_tokens"] == 8  # SFT on the first 8 reply tokens
     # the policy's training replies: the base policy's samples, started by each steering opener
@@ -109,14 +141,16 @@ def test_every_stage_and_outputs(clean_run):
         opener = r.get("prefill", "")
         assert r["response"].startswith(opener) or opener.startswith(r["response"]), r
     assert {r["pair_id"] for r in labelled} <= train_ids
-    meta = json.loads((clean_run / "sft/uncond_sft/final/rewardprompt.json").read_text())
+    meta = json.loads((clean_run / "sft/uncond_sft_s0/final/rewardprompt.json").read_text())
     assert meta["conditioned"] is False and meta["template"]["dimensions"] == ["helpful", "harmless"]
 
 
 def test_rerun_skips_done_stages(clean_run, tiny_policy):
     res = run_cli(demo_args(clean_run, tiny_policy))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "stage 'sft_conditioned' already done" in res.stdout
+    assert "stage 'sft_conditioned_s0' already done" in res.stdout
+    manifest = json.loads((clean_run / "manifest.json").read_text())
+    assert manifest["test_split_evaluations"] == 1  # a skipped evaluation is no new look
 
 
 @pytest.mark.parametrize("kill_when", ["sft_checkpoint", "rm_harmless"])
@@ -129,7 +163,7 @@ def test_kill_9_then_resume_gives_same_metrics(clean_run, tmp_path, tiny_policy,
     def ready() -> bool:
         if kill_when == "sft_checkpoint":
             return any((c / "trainer_state.json").exists()
-                       for c in (out / "sft" / "conditioned").glob("checkpoint-*"))
+                       for c in (out / "sft" / "conditioned_s0").glob("checkpoint-*"))
         manifest = out / "manifest.json"
         return manifest.exists() and "rm_harmless" in json.loads(manifest.read_text())["stages"]
 
@@ -150,3 +184,22 @@ def test_kill_9_then_resume_gives_same_metrics(clean_run, tmp_path, tiny_policy,
         for key in ("pearson_r", "mean_actual", "slope"):
             assert got[dim][key] == pytest.approx(want[dim][key], abs=1e-6), (dim, key)
         assert got["rm"][dim]["accuracy"] == pytest.approx(want["rm"][dim]["accuracy"])
+
+
+def test_more_seeds_extend_the_run(clean_run, tiny_policy):
+    """Last in this file, since it changes the shared run: `--seeds 0 1` on a finished run
+    trains no reward model again and runs only the new seed's policy stages."""
+    res = run_cli(demo_args(clean_run, tiny_policy) + ["--seeds", "0", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("rm_helpful", "rm_harmless_test", "label", "sft_conditioned_s0", "best_of_s0"):
+        assert f"stage '{stage}' already done" in res.stdout, stage
+    assert "stage 'sft_conditioned_s1' done" in res.stdout
+    manifest = json.loads((clean_run / "manifest.json").read_text())
+    assert manifest["test_split_evaluations"] == 2
+    metrics = json.loads((clean_run / "metrics.json").read_text())
+    assert metrics["control"]["seeds"] == [0, 1]
+    for dim in ("helpful", "harmless"):
+        per = metrics["control"]["dimensions"][dim]["conditioned"]
+        assert set(per["per_seed"]) == {"0", "1"} and per["n_seeds"] == 2
+        vals = [v for v in per["per_seed"].values() if v is not None]
+        assert per["r"] == pytest.approx(sum(vals) / len(vals))

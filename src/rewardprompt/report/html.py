@@ -119,8 +119,96 @@ def _header(run_dir: Path, manifest: dict | None, why: str) -> str:
             ["Git commit", f"<code>{_e(manifest.get('git_commit') or 'unknown')}</code>"],
             ["Created", _e(manifest.get("created", "unknown"))],
             ["Total stage wall time", f"{_num(total, 1)} s"],
-            ["Peak RSS", f"{_num(manifest.get('peak_rss_mib'), 1)} MiB"]]
+            ["Peak RSS", f"{_num(manifest.get('peak_rss_mib'), 1)} MiB"],
+            ["Evaluations of the test split", _e(manifest.get("test_split_evaluations", 0))]]
     return _table(None, rows)
+
+
+_JUDGES = {"test_rm": "the held-out test RM", "labelling_rm": "the labelling scorer"}
+
+
+def _ci_text(d: dict, key: str = "r") -> str:
+    return _with_ci(d, key, "ci_low", "ci_high")
+
+
+def _goal(metrics: dict) -> str:
+    """What was asked, what was measured and whether it was met, per dimension, in words."""
+    goal = metrics.get("goal")
+    if not isinstance(goal, dict) or not goal:
+        return _na("Goal (metrics.json: goal)")
+    out = []
+    for dim, g in goal.items():
+        asked, measured = g.get("asked") or {}, g.get("measured") or {}
+        seeds = asked.get("seeds") or []
+        above = asked.get("above") or []
+        ask = (f"r &ge; {_num(asked.get('r_at_least'), 2)} between the target and the actual "
+               f"{_e(dim)} reward under {_e(_JUDGES.get(asked.get('judge'), asked.get('judge')))}, "
+               f"on the {_e(asked.get('split') or 'unrecorded')} split, as the mean over "
+               f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({_e(', '.join(map(str, seeds)))})")
+        if above:
+            ask += (", with its 95% CI above the CIs of " + _e(" and ".join(above))
+                    + " (the paired bootstrap's difference above 0, and the two CIs apart)")
+        said = [f"r = {_ci_text(measured)}"]
+        for model, v in (g.get("vs") or {}).items():
+            diff = _with_ci(v, "diff", "diff_ci_low", "diff_ci_high")
+            said.append(f"{_e(model)} r = {_ci_text(v)}, difference {diff}")
+        verdict = ("met" if g.get("met") else "not met: " + "; ".join(
+            w for w, bad in (("r is below the bar", g.get("r_met") is False),
+                             ("its CI is not above every required baseline's",
+                              g.get("above_met") is False)) if bad))
+        out.append(f"<h3>{_e(dim)}</h3><p><b>Asked:</b> {ask}.</p><p><b>Measured:</b> "
+                   + "; ".join(said) + f".</p><p><b>Result:</b> {verdict}.</p>")
+    return "".join(out)
+
+
+def _control(metrics: dict) -> str:
+    """Per dimension and model: r (mean over seeds) under the judge and the labelling scorer,
+    the difference from the primary model, the cost per response and the share of replies that
+    ended by themselves."""
+    control = metrics.get("control")
+    if not isinstance(control, dict) or not control.get("dimensions"):
+        return _na("Control against the baselines (metrics.json: control)")
+    judge = control.get("judge")
+    cost, replies = control.get("cost") or {}, metrics.get("replies") or {}
+    out = [f"<p>Judge: {_e(_JUDGES.get(judge, judge))}; seeds {_e(control.get('seeds'))}; "
+           f"{_e(control.get('n_prompts'))} prompts of the {_e(metrics.get('eval_split') or 'unrecorded')} "
+           "split. Intervals resample prompts and seeds; the difference is paired by prompt.</p>"]
+    for dim, per in control["dimensions"].items():
+        rows = []
+        for model, d in per.items():
+            lab = d.get("labelling_rm") or {}
+            diff = d.get("diff_vs_primary") or {}
+            c, rep = cost.get(model) or {}, replies.get(model) or {}
+            per_seed = ", ".join(_num(v) for v in (d.get("per_seed") or {}).values())
+            rows.append([_e(model), _ci_text(d), per_seed or _DASH, _ci_text(lab) if lab else _DASH,
+                         _with_ci(diff, "diff", "ci_low", "ci_high"),
+                         _num(c.get("samples_per_response"), 0), _num(c.get("rm_calls_per_response"), 0),
+                         _num(rep.get("finished_share"), 2), _num(rep.get("mean_tokens"), 1)])
+        out.append(f"<h3>{_e(dim)}</h3>" + _table(
+            ["model", f"r, {_e(judge)} [95% CI]", "r per seed", "r, labelling RM [95% CI]",
+             "primary minus model [95% CI]", "policy samples / response", "RM calls / response",
+             "share that ended by itself", "mean tokens"], rows))
+    return "".join(out)
+
+
+def _satisficing(metrics: dict) -> str:
+    sat = metrics.get("satisficing")
+    if not isinstance(sat, dict):
+        return _na("Satisficing targets (metrics.json: satisficing)")
+    if not sat:
+        return "<p>This run asked for no '&gt;= x' targets (recipe: satisficing).</p>"
+    rows = []
+    for model, m in sat.items():
+        for dim, per in (m.get("dimensions") or {}).items():
+            for judge, d in per.items():
+                rows.append([_e(model), _e("'>= x'" if m.get("asks") == "at_least" else "exact, from [x, 1]"),
+                             _num(m.get("threshold"), 2), _e(dim), _e(judge),
+                             _with_ci(d, "share_met", "share_ci_low", "share_ci_high"),
+                             _with_ci(d, "mean_actual", "mean_ci_low", "mean_ci_high"), _e(d.get("n"))])
+    return ("<p>A satisficing target asks that the reward be at least x: judged by the share of "
+            "replies that reach x and their mean reward, beside exact targets drawn from [x, 1].</p>"
+            + _table(["model", "asks", "x", "dimension", "judge", "share &ge; x [95% CI]",
+                      "mean reward [95% CI]", "n"], rows))
 
 
 def _headline(metrics: dict, dims: list[str], models: list[str]) -> str:
@@ -208,10 +296,16 @@ def _labels(metrics: dict, dims: list[str], train: list[dict] | None, why: str) 
     if stats:
         rows = [[_e(dim), _num(s.get("mean")), _num(s.get("std")),
                  ", ".join(_num(q) for q in s.get("quantiles", [])) or _DASH,
-                 _num(s.get("frac_below_0.1")), _num(s.get("frac_above_0.9"))]
+                 _num(s.get("frac_below_0.1")), _num(s.get("frac_above_0.9")),
+                 _num(s.get("between_prompt_std")), _num(s.get("within_prompt_std")),
+                 _num(s.get("imitation_r"))]
                 for dim, s in stats.items() if isinstance(s, dict)]
         out.append(_table(["dimension", "mean", "std", "quantiles", "fraction &lt; 0.1",
-                           "fraction &gt; 0.9"], rows))
+                           "fraction &gt; 0.9", "std between prompts", "std within prompts",
+                           "imitation r"], rows)
+                   + "<p>Imitation r: the r a policy would reach that answers each training "
+                   "prompt with whichever of its labelled replies is nearest the targets "
+                   "(in-sample, so an upper estimate for these replies).</p>")
     else:
         out.append(_na("Label statistics (metrics.json: labels)"))
     return "".join(out)
@@ -363,13 +457,15 @@ def build_report(run_dir: str | Path) -> Path:
     models = [str(metrics.get("primary", "conditioned"))] + [str(m) for m in metrics.get("baselines", {})]
     elo, why_elo = _optional(run_dir / ELO, read_json)
 
-    goal = metrics.get("goal")
     body = [
         f"<h1>rewardprompt report: {_e(run_dir.name)}</h1>",
         _header(run_dir, manifest, why_manifest),
-        "<h2>Goal</h2>" + (_pre_json(goal) if goal else _na("Goal (metrics.json: goal)")),
-        "<h2>Controllability</h2><p>Actual reward regressed on the target reward in the "
-        "prompt; intervals resample prompts (cluster bootstrap).</p>",
+        "<h2>Goal</h2>", _goal(metrics),
+        "<h2>Control against the baselines</h2>", _control(metrics),
+        "<h2>Satisficing targets</h2>", _satisficing(metrics),
+        "<h2>Controllability under the labelling scorer</h2><p>Actual reward regressed on the "
+        "target reward in the prompt, every seed's rows pooled; intervals resample prompts "
+        "(cluster bootstrap).</p>",
         _headline(metrics, dims, models) if dims else _na("Dimensions (metrics.json: dimensions)"),
         "<h2>Target vs actual</h2>", _figures(metrics, dims, models, scores, why_scores,
                                               run_dir / "figures"),
