@@ -358,7 +358,7 @@ def write_data(cfg: RecipeConfig, d: Path) -> dict:
     training pairs of each dimension) and the evaluation prompts (the first eval_prompts pairs of
     the eval_split side), so that no evaluation prompt was ever trained on. Unreadable rows and
     pairs whose chosen equals rejected are skipped and counted."""
-    from .data import assign_split, drop_identical, read_preferences, split_point
+    from .data import assign_split, drop_identical, read_preferences, split_key, split_point
 
     label, evals, counts = [], [], {}
     for dim, source in cfg.data.items():
@@ -367,16 +367,25 @@ def write_data(cfg: RecipeConfig, d: Path) -> dict:
         sides: dict[str, list] = {side: [] for side in SIDES}
         for p in pairs:
             sides[assign_split(p, cfg.test_fraction, dev_fraction=cfg.dev_fraction)].append(p)
+        n_overlap = 0
         if dim in cfg.test_data:  # another source's pairs are the test side
             held, held_skipped = read_preferences(cfg.test_data[dim], skip_bad=True)
-            sides["train"] += sides.pop("test")
-            sides["test"], _ = drop_identical(held, cfg.test_data[dim], True)
+            held, held_identical = drop_identical(held, cfg.test_data[dim], True)
+            # A conversation of the held-out source never lands on the other sides too.
+            keys = {split_key(p) for p in held}
+            rest = sides["train"] + sides.pop("test")
+            sides["train"] = [p for p in rest if split_key(p) not in keys]
+            dev = [p for p in sides["dev"] if split_key(p) not in keys]
+            n_overlap = len(rest) + len(sides["dev"]) - len(sides["train"]) - len(dev)
+            sides["dev"], sides["test"] = dev, held
             skipped += held_skipped
+            n_identical += held_identical
         for side in SIDES:  # in hash order, so that a prefix mixes a group's files evenly
             sides[side].sort(key=split_point)
             write_jsonl(d / f"{dim}-{side}.jsonl", (p.to_dict() for p in sides[side]))
         counts[dim] = {**{side: len(sides[side]) for side in SIDES},
-                       "skipped_bad": dict(skipped), "skipped_identical": n_identical}
+                       "skipped_bad": dict(skipped), "skipped_identical": n_identical,
+                       **({"dropped_as_in_test_data": n_overlap} if dim in cfg.test_data else {})}
         if not sides[cfg.eval_split]:
             raise ValueError(f"{dim}: the {cfg.eval_split} split is empty; nothing to evaluate on")
         label += sides["train"][:cfg.label_pairs]

@@ -89,6 +89,8 @@ class RMTrainConfig(PairSource):
     """A run directory: the stage records itself in its manifest and its accuracy in metrics.json."""
     eval_data: str | None = None
     """Report the held-out accuracy on these pairs instead of the hash split's held-out part."""
+    eval_limit: int | None = None
+    """Score at most the first this many held-out pairs for the accuracy (None: all)."""
     family: str = "encoder"
     """encoder: a MiniLM-style encoder, mean pooling, scalar head; decoder: a causal LM with a
     scalar head (fine-tuned through TRL's RewardTrainer)."""
@@ -444,6 +446,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     if cfg.eval_data:
         test = drop_identical(load_preferences(cfg.eval_data, skip_bad=cfg.skip_bad),
                               cfg.eval_data, cfg.drop_identical)[0]
+    if cfg.eval_limit is not None:
+        test = test[:cfg.eval_limit]
     n_split = len(train)
     train = select_half(train, cfg.half)
     if not train:
