@@ -122,3 +122,33 @@ def test_missing_metrics_raises_with_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "metrics.json"))):
         build_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_goal_is_stated_in_words_with_what_was_asked_measured_and_met(tmp_path: Path) -> None:
+    metrics = _fake_run(tmp_path)
+    vs = {"uncond_sft": {"r": 0.01, "ci_low": -0.1, "ci_high": 0.12, "diff": 0.5,
+                         "diff_ci_low": 0.38, "diff_ci_high": 0.61},
+          "prompted": {"r": 0.05, "ci_low": -0.05, "ci_high": 0.15, "diff": 0.46,
+                       "diff_ci_low": 0.3, "diff_ci_high": 0.6}}
+    asked = {"judge": "test_rm", "split": "test", "seeds": [0, 1, 2], "above": ["uncond_sft", "prompted"]}
+    metrics["goal"] = {
+        "harmless": {"asked": {**asked, "r_at_least": 0.5}, "measured": {"r": 0.51, "ci_low": 0.42,
+                                                                         "ci_high": 0.6},
+                     "r_met": True, "above_met": True, "met": True, "vs": vs},
+        "helpful": {"asked": {**asked, "r_at_least": 0.3}, "measured": {"r": 0.1, "ci_low": -0.02,
+                                                                        "ci_high": 0.2},
+                    "r_met": False, "above_met": False, "met": False, "vs": vs}}
+    metrics["control"] = {"judge": "test_rm", "seeds": [0, 1, 2], "n_prompts": 40,
+                          "dimensions": {"harmless": {"conditioned": {"r": 0.51, "ci_low": 0.42,
+                                                                      "ci_high": 0.6}}},
+                          "cost": {"conditioned": {"samples_per_response": 1.0,
+                                                   "rm_calls_per_response": 0.0}}}
+    atomic_write_json(tmp_path / "metrics.json", metrics)
+    html = build_report(tmp_path).read_text()
+    words = re.sub(r"<[^>]+>", "", html.split("<h2>Goal</h2>")[1].split("<h2>")[0])
+    assert "Asked: r &ge; 0.50" in words and "held-out test RM" in words
+    assert "mean over 3 seeds (0, 1, 2)" in words and "on the test split" in words
+    assert "r = 0.510 [0.420, 0.600]" in words and "difference 0.500 [0.380, 0.610]" in words
+    assert words.count("Result: met.") == 1
+    assert "Result: not met: r is below the bar; its CI is not above every required baseline's" in words
+    assert "0.510 [0.420, 0.600]" in html.split("<h2>Control against the baselines</h2>")[1]

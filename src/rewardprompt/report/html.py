@@ -136,6 +136,8 @@ def _goal(metrics: dict) -> str:
     goal = metrics.get("goal")
     if not isinstance(goal, dict) or not goal:
         return _na("Goal (metrics.json: goal)")
+    if not all(isinstance(g, dict) and "asked" in g for g in goal.values()):
+        return _pre_json(goal)  # a goal of another shape (an older run's), shown as it is
     out = []
     for dim, g in goal.items():
         asked, measured = g.get("asked") or {}, g.get("measured") or {}
