@@ -171,7 +171,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                      c.text, t if conditioned else None),
                  "n_tokens": c.n_tokens,
                  "finished": c.finished, "seed": cfg.sampling.seed,
-                 **({"prefill": p} if p else {}),
+                 **({"prefill": p} if cfg.prefills or cfg.opener_rule else {}),
                  **({"target_range": list(cfg.target_range)}
                     if tuple(cfg.target_range) != (0.0, 1.0) else {})}
                 for (r, t, p), c in zip(jobs, completions)]

@@ -97,10 +97,11 @@ def _model_metrics(metrics: dict, model: str, dim: str) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-def _points(scores: list[dict], model: str, dim: str) -> tuple[list[float], list[float]]:
+def _points(scores: list[dict], model: str, dim: str,
+            key: str = "actual") -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for row in scores:
-        t, a = row.get("targets", {}).get(dim), row.get("actual", {}).get(dim)
+        t, a = row.get("targets", {}).get(dim), (row.get(key) or {}).get(dim)
         if (row.get("model") == model and isinstance(t, (int, float))
                 and isinstance(a, (int, float))):
             xs.append(float(t))
@@ -242,14 +243,18 @@ def _figures(metrics: dict, dims: list[str], models: list[str], scores: list[dic
 
     out = [] if scores is not None else [_na("Raw points (eval/scores.jsonl)", why)]
     for dim in dims:
+        # The judge's view where the run has one: the held-out test RM's rewards.
+        judged = any(isinstance(_model_metrics(metrics, m, dim).get("test_rm"), dict) for m in models)
+        judge = "held-out test RM" if judged else "labelling scorer"
         fig = Figure(figsize=(11, 4.2))
         ax, ax_len = fig.subplots(1, 2)
         for i, model in enumerate(models):
             colour = f"C{i % 10}"
+            per = _model_metrics(metrics, model, dim)
             if scores:
-                xs, ys = _points(scores, model, dim)
+                xs, ys = _points(scores, model, dim, "actual_test" if judged else "actual")
                 ax.scatter(xs, ys, s=8, alpha=0.25, color=colour, linewidths=0)
-            bins = [b for b in _model_metrics(metrics, model, dim).get("bins", [])
+            bins = [b for b in ((per.get("test_rm") or {}) if judged else per).get("bins", [])
                     if b.get("mean_actual") is not None]
             if not bins:
                 continue
@@ -266,7 +271,8 @@ def _figures(metrics: dict, dims: list[str], models: list[str], scores: list[dic
                 ax_len.plot(*zip(*lens), "o-", color=colour, label=model)
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="y = x")
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"target {dim}",
-               ylabel=f"actual {dim}", title=f"{dim}: target vs actual (bin means, 95% CI)")
+               ylabel=f"actual {dim} ({judge})",
+               title=f"{dim}: target vs actual (bin means, 95% CI)")
         ax.legend(fontsize=8)
         ax_len.set(xlim=(0, 1), xlabel=f"target {dim} (bin centre)",
                    ylabel="mean response length (tokens)", title="length per target bin")
