@@ -139,6 +139,9 @@ def control_over_seeds(rows: list[dict], cfg: EvaluateConfig) -> dict:
 
     gidx, n_groups = group_index(np.array([str(r["id"]) for r in rows]), len(rows))
     judge = "test_rm" if cfg.test_scorers else "labelling_rm"
+    cell_rows: dict[tuple[str, int], list[int]] = {}  # (model, seed) -> its rows, in order
+    for i, r in enumerate(rows):
+        cell_rows.setdefault((r["model"], int(r.get("seed", 0))), []).append(i)
     out: dict = {"judge": judge, "seeds": sorted({int(r.get("seed", 0)) for r in rows}),
                  "n_prompts": n_groups, "dimensions": {}, "cost": {}}
     for dim in cfg.scorers:
@@ -147,13 +150,10 @@ def control_over_seeds(rows: list[dict], cfg: EvaluateConfig) -> dict:
             if key == "actual_test" and dim not in cfg.test_scorers:
                 continue
             cells: dict[str, dict[int, tuple]] = {}
-            for model in dict.fromkeys(r["model"] for r in rows):
-                for s in sorted({int(r.get("seed", 0)) for r in rows if r["model"] == model}):
-                    idx = [i for i, r in enumerate(rows)
-                           if r["model"] == model and int(r.get("seed", 0)) == s]
-                    cells.setdefault(model, {})[s] = (
-                        np.array([rows[i]["targets"][dim] for i in idx], dtype=float),
-                        np.array([rows[i][key][dim] for i in idx], dtype=float), gidx[idx])
+            for (model, s), idx in cell_rows.items():
+                cells.setdefault(model, {})[s] = (
+                    np.array([rows[i]["targets"][dim] for i in idx], dtype=float),
+                    np.array([rows[i][key][dim] for i in idx], dtype=float), gidx[idx])
             section[name] = seed_prompt_bootstrap(cells, n_groups, primary=cfg.primary,
                                                   n_boot=cfg.n_boot, seed=cfg.seed)
         judged = section.get(judge, {})
@@ -190,8 +190,7 @@ def satisficing_section(rows: list[dict], cfg: EvaluateConfig) -> dict:
         sel = [r for r in sat if r["model"] == model]
         per_dim = {}
         for dim in cfg.scorers:
-            x = np.array([r["target_range"][0] if "target_range" in r else r["targets"][dim]
-                          for r in sel], dtype=float)
+            x = np.array([threshold(r, dim) for r in sel], dtype=float)
             g = np.array([str(r["id"]) for r in sel])
             per_dim[dim] = {name: satisficing(x, np.array([r[key][dim] for r in sel]), g,
                                               cfg.n_boot, cfg.seed)
@@ -199,10 +198,14 @@ def satisficing_section(rows: list[dict], cfg: EvaluateConfig) -> dict:
                             if key == "actual" or dim in cfg.test_scorers}
         ops = {op for r in sel for op in (r.get("target_ops") or {}).values()}
         out[model] = {"asks": "at_least" if ">=" in ops else "exact_in_range",
-                      "threshold": float(sel[0].get("target_range", [None])[0]
-                                         or next(iter(sel[0]["targets"].values()))),
+                      "threshold": threshold(sel[0], next(iter(cfg.scorers))),
                       "dimensions": per_dim}
     return out
+
+
+def threshold(row: dict, dim: str) -> float:
+    """The x a satisficing row asks for: the low end of its target range, else its target."""
+    return float(row["target_range"][0] if "target_range" in row else row["targets"][dim])
 
 
 #: The baselines whose CIs the primary model's CI must lie above for the goal.
