@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import SamplingConfig, get_backend
+from .backends import BACKENDS, SamplingConfig, get_backend
+from .backends.openai_chat import ChatAPIConfig
 from .runs import (generations_file, in_run, messages_error, read_rows, recorded,
                    update_metrics_entry, write_jsonl)
 from .template import RewardTemplate, Target
@@ -55,9 +56,17 @@ class GenerateConfig:
     target_range: tuple[float, float] = (0.0, 1.0)
     """Drawn targets are uniform on this interval (e.g. 0.7 1 beside '>= 0.7' targets)."""
     backend: str = "local"
-    """Sampling backend."""
+    """Sampling backend: local (transformers in this process) or openai-chat (an
+    OpenAI-compatible server: vLLM, llama.cpp, rewardprompt serve, a hosted API; see api)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How to sample."""
+    tokenizer: str | None = None
+    """The tokenizer that counts the prompt budget (fit_prompt). None: the model itself when it
+    is a folder with a tokenizer or a shipped name (always, for the local backend); else the
+    policy folder's recorded tokenizer or base model; else the default policy's, which for a
+    hosted model of another family is only an approximation of its count."""
+    api: ChatAPIConfig = field(default_factory=ChatAPIConfig)
+    """The server, key, concurrency, retries, log-probs and cache of the openai-chat backend."""
 
 
 def draw_targets(n: int, dimensions: tuple[str, ...], seed: int,
@@ -85,6 +94,25 @@ def nearest_opener(rule: dict[str, dict[str, float]], targets: dict[str, Target]
     return min(rule, key=lambda o: sum((rule[o][d] - t.value) ** 2 for d, t in targets.items()))
 
 
+def prompt_tokenizer(cfg: GenerateConfig, meta: dict) -> tuple[str, bool]:
+    """``(tokenizer, exact)``: what fit_prompt counts the prompt budget with (see
+    ``GenerateConfig.tokenizer``), and whether it is the policy's own tokenizer."""
+    from .models import _GGUF, DEFAULT_POLICY
+
+    if cfg.tokenizer:
+        return cfg.tokenizer, True
+    folder = Path(cfg.model)
+    if cfg.backend == "local" or cfg.model in _GGUF or (folder / "tokenizer_config.json").is_file() \
+            or (folder / "tokenizer.json").is_file():
+        return cfg.model, True
+    hosted = meta.get("hosted") or {}
+    recorded = [hosted.get("tokenizer"), meta.get("tokenizer"), hosted.get("base"), meta.get("base"),
+                (meta.get("config") or {}).get("model")]
+    named = next((t for t in recorded if t), None)
+    # A fine-tuned model keeps its base's tokenizer; anything else is a guess.
+    return (named, True) if named else (DEFAULT_POLICY, False)
+
+
 @recorded("generate")
 def run_generate(cfg: GenerateConfig) -> dict:
     from .models import load_tokenizer
@@ -92,6 +120,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     from .policy.tokenise import fit_prompt
     from .policy.meta import read_policy_meta
 
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {cfg.backend!r}; available: {', '.join(BACKENDS)}")
     meta = read_policy_meta(cfg.model)
     for key in ("template", "conditioned"):
         given = getattr(cfg, key)
@@ -156,12 +186,25 @@ def run_generate(cfg: GenerateConfig) -> dict:
         text = cfg.system.format(targets=targets_in_words(shown), dimensions=", ".join(dims))
         return [{"role": "system", "content": text}] + r["prompt"]
 
-    backend = get_backend(cfg.model, cfg.backend)
-    tok = load_tokenizer(cfg.model)  # fit_prompt counts tokens the way the policy sees them
+    out = in_run(cfg.run, cfg.out, generations_file(cfg.label))
+    options = {}
+    if cfg.backend == "openai-chat":
+        # Beside the generations, but not *.jsonl: evaluate reads every RUN/generate/*.jsonl.
+        options = {"api": cfg.api, "cache": cfg.api.cache or f"{out}.cache"}
+    backend = get_backend(cfg.model, cfg.backend, **options)
+    tok_name, exact = prompt_tokenizer(cfg, meta)
+    if not exact:
+        print(f"[rewardprompt] generate: counting prompt tokens with {tok_name}'s tokenizer, an "
+              "approximation for this model (give --tokenizer)", flush=True)
+    tok = load_tokenizer(tok_name)  # fit_prompt counts tokens the way the policy sees them
     prompts = [fit_prompt(tok, with_prefill(dialogue(r, t), p), template or _NO_BLOCK,
                           t if conditioned else None, max_prompt_tokens)
                for r, t, p in jobs]
-    completions = backend.generate(prompts, cfg.sampling)
+    try:
+        completions = backend.generate(prompts, cfg.sampling)
+    finally:
+        if hasattr(backend, "close"):  # a server's connections
+            backend.close()
     out_rows = [{"id": r["id"], "model": cfg.label, "prompt": r["prompt"],
                  # What the model was shown: rounded, or the centre of its quantile bin.
                  "targets": {d: template.quantise(t[d].value) for d in dims},
@@ -173,13 +216,27 @@ def run_generate(cfg: GenerateConfig) -> dict:
                  "finished": c.finished, "seed": cfg.sampling.seed,
                  **({"prefill": p} if cfg.prefills or cfg.opener_rule else {}),
                  **({"target_range": list(cfg.target_range)}
-                    if tuple(cfg.target_range) != (0.0, 1.0) else {})}
-                for (r, t, p), c in zip(jobs, completions)]
-    out = in_run(cfg.run, cfg.out, generations_file(cfg.label))
+                    if tuple(cfg.target_range) != (0.0, 1.0) else {}),
+                 # What the model was sent (block, prefill, shortening) and its token log-probs:
+                 # what the KL estimate (evaluation.kl) scores a reference model on.
+                 **({"shown": shown, "logprobs": c.logprobs} if c.logprobs is not None else {})}
+                for (r, t, p), shown, c in zip(jobs, prompts, completions)]
     write_jsonl(out, out_rows)
     summary = {"n": len(out_rows), "out": str(out),
                "mean_tokens": float(np.mean([c.n_tokens for c in completions])),
                "finished": float(np.mean([c.finished for c in completions])),
                "max_new_tokens": cfg.sampling.max_new_tokens}
+    if any(c.usage for c in completions):
+        from .cost import Usage
+
+        # Every answer in the file, cached ones included: what these generations cost once.
+        summary["cost"] = Usage(
+            provider=getattr(backend, "provider", cfg.backend),
+            model=getattr(backend, "model_id", cfg.model),
+            prompt_tokens=sum(c.usage["prompt_tokens"] for c in completions if c.usage),
+            completion_tokens=sum(c.usage["completion_tokens"] for c in completions if c.usage),
+        ).to_dict()
+    if getattr(backend, "stats", None):
+        summary["api"] = backend.stats
     update_metrics_entry(cfg.run, "generate", Path(out).name.removesuffix(".jsonl"), summary)
     return summary

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..chat import Message
 
@@ -23,11 +23,24 @@ class SamplingConfig:
     """Seeds each batch, so the same prompts and settings give the same samples."""
 
 
+#: One generated token's log-probability record, as backends return it and generate writes it:
+#: ``{"token": str, "logprob": float, "top": {token: logprob}}`` (``top``: the k most likely
+#: tokens at that position, the sampled one among them or not). A server's tokens are its
+#: decoded pieces, or ``token_id:N`` when asked for ids (vLLM's return_tokens_as_token_ids).
+TokenLogprob = dict[str, Any]
+
+
 @dataclass
 class Completion:
     text: str
     n_tokens: int
+    """Tokens generated; a server counts them as it bills them (usage.completion_tokens, the
+    stop token included), the local backend without the stop token."""
     finished: bool  # ended with end-of-turn rather than at max_new_tokens
+    logprobs: list[TokenLogprob] | None = None
+    """Per generated token, when the backend was asked for log-probs (None otherwise)."""
+    usage: dict[str, int] | None = None
+    """``{"prompt_tokens", "completion_tokens"}`` as the server reported them (None: local)."""
 
 
 class PolicyBackend(Protocol):
