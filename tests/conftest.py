@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # start as subprocesses) to fp32, so that tolerances do not depend on the CPU. The bf16 path has
 # its own test, which sets the variable back to "1".
 os.environ["REWARDPROMPT_CPU_BF16"] = "0"
+# No test reads from or writes to the user's stage cache (the CLI runs they start inherit this);
+# the stage-cache tests point it at a temporary folder of their own.
+os.environ["REWARDPROMPT_CACHE"] = "off"
 
 # SmolLM2's ChatML template (default system turn included), so tiny models see the real layout.
 CHAT_TEMPLATE = (

@@ -36,7 +36,7 @@ def no_heavy_work(monkeypatch):
     for module, name in [(rewardprompt.models, "load_tokenizer"),
                          (rewardprompt.models, "load_policy"),
                          (rewardprompt.rewards.scorer, "load_scorer"),
-                         (rewardprompt.labelling, "load_scorer"),
+                         (rewardprompt.labelling, "scorer_for"),
                          (rewardprompt.sampling, "get_backend")]:
         monkeypatch.setattr(module, name, forbidden)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import DataError
 from .models import DEFAULT_POLICY
-from .rewards.scorer import load_scorer
+from .rewards.scorer import scorer_for
 from .runs import LABELS, in_run, messages_error, read_rows, recorded, update_metrics, write_jsonl
 
 #: Which labelled rows are written.
@@ -179,7 +179,7 @@ def run_label(cfg: LabelConfig) -> dict:
     prompts = [r["prompt"] for r in rows]
     responses = [r["response"] for r in rows]
     for dim, spec in cfg.scorers.items():
-        scores = load_scorer(spec).score(prompts, responses)
+        scores = scorer_for(spec).score(prompts, responses)
         for r, s in zip(rows, scores):
             r.setdefault("rewards", {})[dim] = round(float(s), 4)
     n_scored = len(rows)

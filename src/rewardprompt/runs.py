@@ -29,10 +29,10 @@ from typing import Any
 from .errors import DataError
 
 MANIFEST = "manifest.json"
-#: Config fields a resumed run may change: where it lives, and what only adds stages to it
-#: (policy seeds, baselines, satisficing thresholds); every stage's own key guards what it
-#: computed, and the evaluation runs again over what is there.
-RESUMABLE = ("out", "seeds", "baselines", "satisficing")
+#: Config fields a resumed run may change: where it lives, what only adds stages to it
+#: (policy seeds, baselines, satisficing thresholds) and whether the stage cache is used; every
+#: stage's own key guards what it computed, and the evaluation runs again over what is there.
+RESUMABLE = ("out", "seeds", "baselines", "satisficing", "cache")
 # Where each stage writes inside a run directory: named here once, read by every stage, the
 # recipe and the report.
 LABELS = "label/train.jsonl"
@@ -366,6 +366,15 @@ def in_run(run_dir: str | Path | None, out: str | Path | None, default: str) -> 
     return Path(run_dir) / default
 
 
+def process_rank() -> int:
+    """This process's rank under a multi-process launcher (torchrun, ``accelerate launch``), 0
+    otherwise; read from the environment the launcher sets, before any process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 #: True while a stage runs inside ``Run.stage``: a stage function called there is recorded by
 #: the caller's Run (the recipe), not again by ``recorded``.
 _IN_STAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("rewardprompt_in_stage",
@@ -390,7 +399,9 @@ def recorded(command: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], A
         @functools.wraps(fn)
         def stage(cfg: Any) -> Any:
             run_dir = getattr(cfg, "run", None)
-            if run_dir is None or _IN_STAGE.get():
+            # Under `accelerate launch` / torchrun every process runs the stage; the main one
+            # (rank 0) records it.
+            if run_dir is None or _IN_STAGE.get() or process_rank() != 0:
                 return fn(cfg)
             return Run(run_dir).stage(stage_name(command, cfg), lambda: fn(cfg), config=cfg,
                                       force=True)
@@ -408,8 +419,11 @@ class Run:
     made each part of it.
     """
 
-    def __init__(self, out: str | Path, config: Any = None, seed: int | None = None) -> None:
+    def __init__(self, out: str | Path, config: Any = None, seed: int | None = None,
+                 cache: Any = None) -> None:
         self.dir = Path(out)
+        #: A ``stage_cache.StageCache`` (None: no stage is restored from or stored in a cache).
+        self.cache = cache
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.dir / MANIFEST
         if self.manifest_path.exists():
@@ -483,9 +497,15 @@ class Run:
 
     def stage(self, name: str, fn: Callable[[], Any], *, config: Any = None,
               inputs: Iterable[str | Path] = (), outputs: Iterable[str | Path] = (),
-              force: bool = False) -> Any:
+              force: bool = False, cache: bool = False) -> Any:
         """Run ``fn`` unless stage ``name`` is done and intact; record its wall time, config,
-        the hashes of its inputs and outputs, and its result (in ``stages/NAME.json``)."""
+        the hashes of its inputs and outputs, and its result (in ``stages/NAME.json``).
+
+        ``cache``: the stage's result depends only on its config and inputs, and everything it
+        makes is in ``outputs`` (inside the run) and ``metrics.json``; then, when the run has a
+        stage cache, a stage computed before by any run with the same config and inputs is
+        restored from it instead of run (``stage_cache``), and a stage that runs is stored.
+        """
         inputs, outputs = [str(p) for p in inputs], [str(p) for p in outputs]
         key = config_hash({"config": config,
                            "inputs": {self._rel(p): path_hash(p) for p in inputs}})
@@ -496,12 +516,26 @@ class Run:
             result_file = entry.get("result_file")
             # Manifests from before results had files of their own kept them inline.
             return read_json(self.dir / result_file) if result_file else entry.get("result")
+        rel_outputs = [self._rel(p) for p in outputs]
+        cached, cache_key = None, None
+        # Outputs outside the run could not be restored into another run: such a stage is
+        # never cached.
+        if cache and not force and self.cache is not None \
+                and not any(Path(r).is_absolute() for r in rel_outputs):
+            cache_key = self.cache.key(name, config, inputs, self.dir)
+            cached = self.cache.lookup(cache_key)
+            if cached is not None and sorted(cached.get("outputs", {})) != sorted(rel_outputs):
+                cached = None  # made under other output names: not this stage
+        if cached is not None:
+            return self._restore(name, key, cache_key, cached, config)
         if why != "not done" and not force:
             print(f"[rewardprompt] stage '{name}' runs again: {why}", flush=True)
         print(f"[rewardprompt] stage '{name}' ...", flush=True)
         entry = self.manifest["stages"].setdefault(name, {})
         entry.update(done=False, attempts=entry.get("attempts", 0) + 1)
         self.save()
+        metrics_path = self.dir / "metrics.json"
+        before = read_json(metrics_path) if cache_key and metrics_path.exists() else {}
         t0 = time.perf_counter()
         token = _IN_STAGE.set(True)
         try:
@@ -511,10 +545,31 @@ class Run:
         wall = time.perf_counter() - t0
         # Time spent in earlier, interrupted attempts is not counted: the stage's own wall time
         # is that of the attempt that completed it.
-        entry.update({"done": True, "wall_s": round(wall, 2), "key": key,
+        entry.pop("cached_from", None)
+        self._record(name, key, round(wall, 2), {self._rel(p): path_hash(p) for p in outputs},
+                     config, result)
+        print(f"[rewardprompt] stage '{name}' done in {wall:.1f}s", flush=True)
+        if cache_key is not None and None not in entry["outputs"].values():
+            from .stage_cache import metrics_delta
+
+            after = read_json(metrics_path) if metrics_path.exists() else {}
+            try:
+                self.cache.store(cache_key, name=name, run_dir=self.dir, outputs=entry["outputs"],
+                                 result=result, metrics=metrics_delta(before, after),
+                                 wall_s=wall, config=config)
+            except OSError as exc:  # a full or read-only cache must not fail the run
+                print(f"[rewardprompt] stage cache: could not store '{name}' ({exc})", flush=True)
+        return result
+
+    def _record(self, name: str, key: str, wall_s: float, outputs: dict[str, str | None],
+                config: Any, result: Any, *, paid: bool = True) -> None:
+        """Record stage ``name`` as done, with its result in its own file. A result that carries
+        a ``cost`` record (tokens with a provider) is priced into the entry's ``cost`` when the
+        stage ran here (``paid``), not when it was restored from the stage cache."""
+        entry = self.manifest["stages"].setdefault(name, {})
+        entry.update({"done": True, "wall_s": wall_s, "key": key,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      "git_commit": git_commit(),
-                      "outputs": {self._rel(p): path_hash(p) for p in outputs}})
+                      "git_commit": git_commit(), "outputs": outputs})
         if config is not None:
             entry["config"] = redact(to_jsonable(config))
         entry.pop("result", None)
@@ -525,8 +580,30 @@ class Run:
         if result is not None:
             entry["result_file"] = f"stages/{name}.json"
             atomic_write_json(self.dir / entry["result_file"], redact(to_jsonable(result)))
+        entry.pop("cost", None)
+        if paid and isinstance(result, dict) and result.get("cost"):
+            from .cost import cost_table
+
+            entry["cost"] = [{k: v for k, v in row.items() if k != "stage"}
+                             for row in cost_table({name: to_jsonable(result)})]
         self.save()
-        print(f"[rewardprompt] stage '{name}' done in {wall:.1f}s", flush=True)
+
+    def _restore(self, name: str, key: str, cache_key: str, cached: dict, config: Any) -> Any:
+        """Stage ``name`` from its stage-cache entry: its outputs, its sections of metrics.json
+        and its result, recorded with wall time 0 and where it came from."""
+        from .stage_cache import apply_metrics_delta
+
+        result, delta = self.cache.restore(cached, self.dir)
+        if any(delta.values()):
+            update_json(self.dir / "metrics.json", lambda m: apply_metrics_delta(m, delta))
+        self._record(name, key, 0.0, dict(cached["outputs"]), config, result, paid=False)
+        entry = self.manifest["stages"][name]
+        entry["cached_from"] = {"key": cache_key, "source": cached.get("source"),
+                                "created": cached.get("created"),
+                                "saved_s": cached.get("wall_s", 0.0)}
+        self.save()
+        print(f"[rewardprompt] stage '{name}' restored from the stage cache (made by "
+              f"{cached.get('source')}; {cached.get('wall_s', 0.0):.1f}s saved)", flush=True)
         return result
 
     def total_wall_s(self) -> float:

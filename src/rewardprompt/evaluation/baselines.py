@@ -88,7 +88,7 @@ def run_best_of(cfg: BestOfConfig) -> dict:
     of the prompt picks from the same first N samples, so that each pick is still a best-of-N of
     independent samples while picks for one prompt share them (the intervals resample prompts,
     which keeps that dependence inside one resampled unit)."""
-    from ..rewards.scorer import load_scorer
+    from ..rewards.scorer import scorer_for, scorer_identity
     from .controllability import GENERATION_FIELDS
 
     if not cfg.scorers or not cfg.n or "{n}" not in cfg.out:
@@ -106,8 +106,11 @@ def run_best_of(cfg: BestOfConfig) -> dict:
     if short:
         raise ValueError(f"{cfg.pool}: {len(short)} prompt(s) have fewer than {need} samples "
                          f"(e.g. id {short[0]})")
-    scores = {d: load_scorer(spec).score([s["prompt"] for s in pool], [s["response"] for s in pool])
+    scores = {d: scorer_for(spec).score([s["prompt"] for s in pool], [s["response"] for s in pool])
               for d, spec in cfg.scorers.items()}
+    # Which scorer (by content) each picked_by score comes from: evaluate reuses the scores
+    # when it judges with the same one.
+    picked_with = {d: scorer_identity(spec) for d, spec in cfg.scorers.items()}
     for j, s in enumerate(pool):
         s["_score"] = {d: float(scores[d][j]) for d in cfg.scorers}
     summary = {}
@@ -126,6 +129,7 @@ def run_best_of(cfg: BestOfConfig) -> dict:
                                  "model": f"best_of_{n}", "response": best["response"],
                                  "n_tokens": best["n_tokens"], "finished": best.get("finished"),
                                  "picked_by": {d: round(best["_score"][d], 4) for d in cfg.scorers},
+                                 "picked_with": picked_with,
                                  "cost": {"samples": n, "rm_calls": n * len(cfg.scorers)},
                                  "independent_pool": own})
         write_jsonl(cfg.out.format(n=n), out_rows)

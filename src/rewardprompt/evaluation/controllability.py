@@ -50,12 +50,12 @@ GENERATION_FIELDS = {"id": (str, int), "model": str, "prompt": messages_error, "
 #: What a generation row may carry: the sampling seed, the operators of its targets, the range
 #: its targets were drawn from, and its cost per response.
 GENERATION_OPTIONAL = {"seed": int, "target_ops": dict, "target_range": list, "cost": dict,
-                       "finished": bool}
+                       "finished": bool, "picked_by": dict, "picked_with": dict}
 
 
 @recorded("evaluate")
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    from ..rewards.scorer import load_scorer
+    from ..rewards.scorer import scorer_for, scorer_identity
     from .metrics import controllability, opener_shares
 
     if not cfg.scorers:
@@ -74,9 +74,20 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     responses = [r["response"] for r in rows]
     for key, specs in (("actual", cfg.scorers), ("actual_test", cfg.test_scorers)):
         for dim, spec in specs.items():
-            scores = load_scorer(spec).score(prompts, responses)
-            for r, s in zip(rows, scores):
-                r.setdefault(key, {})[dim] = round(float(s), 4)
+            # A best-of-N row carries the score its pick was chosen by (picked_by); when that
+            # scorer is this one, by content, the score is taken rather than computed again.
+            ident = scorer_identity(spec) if any("picked_with" in r for r in rows) else None
+            known = [r["picked_by"][dim] if ident is not None
+                     and (r.get("picked_with") or {}).get(dim) == ident
+                     and dim in (r.get("picked_by") or {}) else None for r in rows]
+            todo = [i for i, k in enumerate(known) if k is None]
+            if todo:
+                scored = scorer_for(spec).score([prompts[i] for i in todo],
+                                                [responses[i] for i in todo])
+                for i, s in zip(todo, scored):
+                    known[i] = round(float(s), 4)
+            for r, s in zip(rows, known):
+                r.setdefault(key, {})[dim] = s
     write_jsonl(out / SCORES, rows)
 
     # Rows that ask for an exact target in every dimension over the whole range measure control;

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..stats import boot_counts, percentile_ci
 from ..runs import ELO, atomic_write_json, in_run, messages_error, read_rows, recorded, run_generations
-from ..rewards.scorer import Message, Scorer, load_scorer
+from ..rewards.scorer import Message, Scorer, scorer_for
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -310,7 +310,8 @@ def run_elo(cfg: EloConfig) -> dict[str, Any]:
         raise ValueError(f"prior_ties must be >= 0, got {cfg.prior_ties}")
     generations = cfg.generations or run_generations(cfg.run)
     m = _load_matches(generations)
-    judge = ScorerJudge(load_scorer(cfg.judge), temperature=cfg.temperature)
+    # The judge's scores of replies evaluate already scored come from memory (scorer_for).
+    judge = ScorerJudge(scorer_for(cfg.judge), temperature=cfg.temperature)
     s = np.asarray(judge.compare(m.prompts, m.resp_a, m.resp_b), dtype=float).reshape(-1)
     if s.shape != m.a.shape or not np.all((s >= 0) & (s <= 1)):  # also rejects NaN
         raise ValueError(f"judge {judge.name} must return {m.a.size} values in [0, 1]")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..hosted.base import HostedConfig
 from ..models import DEFAULT_POLICY
 from ..runs import (LABELS, atomic_write_json, file_hash, in_run, messages_error, policy_dir,
                     publish_dir, read_json, read_rows, recorded, to_jsonable,
@@ -80,12 +82,20 @@ class SFTConfig:
     AVX512-BF16 or AMX); elsewhere fp32. False: always fp32."""
     overwrite: bool = False
     """Discard checkpoints and a final model written under another config instead of refusing."""
+    backend: str = "local"
+    """Where to train: local (this machine, transformers) or a hosted fine-tuning API (openai,
+    together; see hosted)."""
+    hosted: HostedConfig = field(default_factory=HostedConfig)
+    """The hosted job (--backend openai|together): base model, method, hyper-parameters, polling."""
 
 
 def _comparable(cfg: SFTConfig | dict, labels: str | None) -> dict:
     """What decides the training: the config less where things live, and the labels' hash."""
     d = {k: v for k, v in to_jsonable(cfg).items()
          if k not in _LOCATION_FIELDS + ("overwrite", "labels")}
+    if d.get("backend", "local") == "local":  # folders from before hosted training lack these
+        d.pop("backend", None)
+        d.pop("hosted", None)
     return d | ({"labels": labels} if labels else {})
 
 
@@ -133,7 +143,14 @@ def label_dimensions(rows: list[dict]) -> tuple[str, ...]:
 
 @recorded("sft")
 def run_sft(cfg: SFTConfig) -> dict:
-    """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint."""
+    """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint.
+
+    ``backend`` openai or together runs the job at that provider instead (``hosted.train``).
+    """
+    if cfg.backend != "local":
+        from ..hosted.train import train_hosted
+
+        return train_hosted(cfg)
     from ..template import RewardTemplate
 
     data = in_run(cfg.run, cfg.data, LABELS)
@@ -158,15 +175,12 @@ def run_sft(cfg: SFTConfig) -> dict:
     return metrics
 
 
-def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | None) -> dict:
-    import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+def sft_examples(cfg: SFTConfig, rows: list[dict], template) -> tuple[Any, list[dict], list[str]]:
+    """The tokenizer (right padding, the block's new tokens added), the tokenised and masked
+    examples (``tokenise_example``, the one tokenise-and-mask function) and the new tokens."""
+    from ..models import load_tokenizer
+    from .tokenise import tokenise_example
 
-    from ..device import pick_device, use_bf16
-    from ..models import load_policy, load_tokenizer
-    from .tokenise import IGNORE, tokenise_example
-
-    set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     new_tokens = template.extra_tokens() if cfg.conditioned else []
     if new_tokens:
@@ -177,10 +191,24 @@ def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | 
                                  max_prompt_tokens=cfg.max_prompt_tokens,
                                  max_completion_tokens=cfg.max_completion_tokens)
                 for r in rows]
-    device = pick_device()
+    return tokenizer, examples, new_tokens
+
+
+def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,
+              completion_head: bool = True) -> Any:
+    """The base policy in fp32 on the CPU (the Trainer moves it), its embeddings grown by the new
+    tokens, with the completion-only LM head (``completion_head``: the same loss without the
+    prompt positions' logits), then LoRA or the frozen lower blocks."""
+    import torch
+
+    from ..models import load_policy
+    from .completion_head import add_completion_head
+
     model = load_policy(cfg.model, device=torch.device("cpu"), dtype=torch.float32)
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if completion_head:
+        add_completion_head(model)  # before PEFT, which then calls through it
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -200,18 +228,130 @@ def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | 
             p.requires_grad_(True)
         if new_tokens:  # the reward tokens' fresh embeddings must learn, whatever is frozen
             model.get_input_embeddings().weight.requires_grad_(True)
-    bf16 = use_bf16(device, cpu_bf16=cfg.cpu_bf16)
-    args = TrainingArguments(
+    return model
+
+
+#: Attention implementations with variable-length kernels: a padding-free batch (one row of
+#: concatenated examples, positions restarting at 0) costs each example only its own length.
+_VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def padding_free_default(model: Any) -> bool:
+    """Padding-free batches where attention has varlen kernels (flash attention on a GPU). With
+    sdpa or eager attention (every CPU) the concatenated row is attended as one block-diagonal
+    square, which costs more than the padding it saves once sequences grow, so batches are padded."""
+    impl = str(getattr(model.config, "_attn_implementation", "") or "")
+    return impl in _VARLEN_ATTENTION or impl.endswith("flash-attn2") or impl.endswith("flash-attn3")
+
+
+def sft_collator(tokenizer: Any, padding_free: bool) -> Any:
+    """Padded batches (labels padded with -100), or padding-free ones: the examples of a batch in
+    one row with restarting position ids, the first label of each example -100 so that no
+    example learns to predict the next one's first token (a prompt token, -100 anyway)."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from .tokenise import IGNORE
+
+    if padding_free:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+
+
+def sft_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, examples: list[dict], out: Path, *,
+                bf16: bool, padding_free: bool | None = None, group_by_length: bool = False,
+                **args: Any) -> Any:
+    """transformers' Trainer as SFT runs it (the bench times this same object).
+
+    ``padding_free`` None: ``padding_free_default(model)``. ``group_by_length`` batches examples
+    of similar length (fewer pads, but other batches than the random order: the bench measures
+    it, SFT keeps the random order). ``args`` override TrainingArguments (the bench turns
+    checkpoints off).
+    """
+    import dataclasses
+
+    from transformers import Trainer, TrainingArguments
+
+    from ..device import pick_device
+
+    if padding_free is None:
+        padding_free = padding_free_default(model)
+    # transformers >= 5.3 names the length-grouped sampler by a strategy; older ones by a flag.
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    grouping = ({} if not group_by_length else
+                {"train_sampling_strategy": "group_by_length"}
+                if "train_sampling_strategy" in names else {"group_by_length": True})
+    settings = dict(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, logging_steps=0.1, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=cfg.report_to, use_cpu=device.type != "cuda", bf16=bf16,
+        report_to=cfg.report_to, use_cpu=pick_device().type != "cuda", bf16=bf16,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
         save_only_model=False)
-    trainer = Trainer(model=model, args=args, train_dataset=examples,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE))
+    return Trainer(model=model, args=TrainingArguments(**(settings | grouping | args)),
+                   train_dataset=examples, data_collator=sft_collator(tokenizer, padding_free))
+
+
+def _weights_sharded(trainer: Any) -> bool:
+    """Whether no process holds the whole model after training (FSDP, DeepSpeed ZeRO-3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and getattr(plugin, "zero_stage", 0) == 3
+
+
+def final_model(trainer: Any, cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], staging: Path,
+                sharded: bool | None = None) -> Any:
+    """The trained model, whole, merged (LoRA) and with the class's own forward, on the main
+    process (None on the others).
+
+    With DDP or one process every rank holds the whole model. When the weights are sharded
+    (``sharded`` None: asked of the trainer) every process takes part in ``trainer.save_model``
+    (which gathers them) into ``staging``, and the main process loads them from there.
+    """
+    from .completion_head import remove_completion_head
+
+    if sharded is None:
+        sharded = _weights_sharded(trainer)
+    if sharded:
+        trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return None
+    if sharded:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from ..models import load_policy
+
+        if cfg.lora:
+            from peft import PeftModel
+
+            base = load_policy(cfg.model, device=torch.device("cpu"), dtype=torch.float32)
+            if new_tokens:
+                base.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+            model = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32)
+        shutil.rmtree(staging, ignore_errors=True)
+        return model
+    model = trainer.model
+    if cfg.lora:
+        model = model.merge_and_unload()
+    remove_completion_head(model)
+    return model
+
+
+def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | None) -> dict:
+    from transformers import set_seed
+
+    from ..device import pick_device, use_bf16
+
+    set_seed(cfg.seed)
+    tokenizer, examples, new_tokens = sft_examples(cfg, rows, template)
+    model = sft_model(cfg, tokenizer, new_tokens)
+    bf16 = use_bf16(pick_device(), cpu_bf16=cfg.cpu_bf16)
+    trainer = sft_trainer(cfg, model, tokenizer, examples, out, bf16=bf16)
     resume = _last_complete_checkpoint(out)
     if resume:
         print(f"[rewardprompt] resuming SFT from {resume}", flush=True)
@@ -224,22 +364,24 @@ def _train(cfg: SFTConfig, rows: list[dict], template, out: Path, labels: str | 
                "lora": cfg.lora, "precision": "bf16" if bf16 else "fp32",
                "tokens_seen": sum(len(e["input_ids"]) for e in examples)
                * n_steps * cfg.batch_size * cfg.grad_accum // max(1, len(examples))}
-    tmp = out / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = trainer.model
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "sft_metrics.json", metrics)
-    # What the model was trained to read, so that sampling shows it the same block.
-    write_policy_meta(tmp, {"config": cfg, "labels": labels, "template": template.to_dict(),
-                            "conditioned": cfg.conditioned,
-                            "max_prompt_tokens": cfg.max_prompt_tokens,
-                            "max_completion_tokens": cfg.max_completion_tokens})
-    publish_dir(tmp, out / "final")
-    # The final model is complete; the optimizer states in the checkpoints are no longer needed.
-    for c in out.glob("checkpoint-*"):
-        shutil.rmtree(c, ignore_errors=True)
+    # Under `accelerate launch` every process gets here; only the main one writes the folder,
+    # and the others wait for it, so that none returns before the model exists.
+    model = final_model(trainer, cfg, tokenizer, new_tokens, out / "final.gathered")
+    if model is not None:
+        tmp = out / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "sft_metrics.json", metrics)
+        # What the model was trained to read, so that sampling shows it the same block.
+        write_policy_meta(tmp, {"config": cfg, "labels": labels, "template": template.to_dict(),
+                                "conditioned": cfg.conditioned,
+                                "max_prompt_tokens": cfg.max_prompt_tokens,
+                                "max_completion_tokens": cfg.max_completion_tokens})
+        publish_dir(tmp, out / "final")
+        # The final model is complete; the optimizer states in the checkpoints are no longer needed.
+        for c in out.glob("checkpoint-*"):
+            shutil.rmtree(c, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return metrics

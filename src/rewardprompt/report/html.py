@@ -407,6 +407,32 @@ def _stages(manifest: dict | None) -> str:
     return _table(["stage", "done", "wall s"], rows)
 
 
+def _cost(manifest: dict | None) -> str:
+    """Tokens and money per stage, as the manifest recorded them (priced when the stage ran)."""
+    rows, total, unpriced, notes = [], 0.0, False, set()
+    for name, s in ((manifest or {}).get("stages") or {}).items():
+        for c in (s.get("cost") or []) if isinstance(s, dict) else []:
+            usd = c.get("usd")
+            total += usd or 0.0
+            unpriced |= usd is None
+            if c.get("prices_read"):
+                notes.add(f"{c['provider']}: prices read {c['prices_read']}"
+                          + ("" if c.get("prices_verified", True) else ", not verified")
+                          + (f" ({c['prices_source']})" if c.get("prices_source") else ""))
+            rows.append([_e(name), _e(c.get("provider")), _e(c.get("model")), _e(c.get("method")),
+                         f"{c.get('trained_tokens', 0):,}", f"{c.get('prompt_tokens', 0):,}",
+                         f"{c.get('completion_tokens', 0):,}",
+                         "unpriced" if usd is None else f"${usd:.4f}", _e(c.get("priced_as"))])
+    if not rows:
+        return ("<p>Every stage ran on this machine: no provider charged for tokens. The stage "
+                "wall times above are the run's cost.</p>")
+    rows.append(["<b>total</b>", "", "", "", "", "", "",
+                 f"<b>${total:.4f}</b>" + (" + unpriced" if unpriced else ""), ""])
+    return (_table(["stage", "provider", "model", "method", "trained tokens", "prompt tokens",
+                    "completion tokens", "USD", "priced as"], rows)
+            + "".join(f"<p>{_e(n)}</p>" for n in sorted(notes)))
+
+
 def _examples(scores: list[dict] | None, dims: list[str], why: str) -> str:
     if scores is None:
         return _na("Example generations (eval/scores.jsonl)", why)
@@ -449,6 +475,87 @@ def _elo(result: dict | None, why: str) -> str:
             + _png(elo_figure(result)))
 
 
+def _probes(metrics: dict, figures: Path) -> str:
+    """Reward probes (metrics.json: probes): sweeps with their heatmaps, trained probes, base vs
+    tuned, the conditioned policy's view of its target, probe-guided search."""
+    probes = metrics.get("probes")
+    if not isinstance(probes, dict) or not any(not k.startswith("collect_") for k in probes):
+        return _na("Reward probes (metrics.json: probes)")
+    from ..probes.sweep import sweep_figure
+    from ..probes.targets import targets_figure
+
+    def ci(d: dict, key: str) -> str:
+        return _with_ci(d or {}, key, f"{key}_ci_low", f"{key}_ci_high")
+
+    out = ["<p>Probes train on the train side of the hash split, are chosen on dev (epoch, "
+           "penalty, layer and position) and are reported on test; intervals resample "
+           "conversations.</p>"]
+    for key, s in probes.items():
+        if key.startswith("collect_"):
+            out.append(f"<p>Activations {_e(s.get('out'))}: {_e(s.get('n_rows'))} rows "
+                       f"({_e(json.dumps(s.get('rows_per_split')))}) of {_e(s.get('model'))}, "
+                       f"{_e(s.get('layers'))} layers x {len(s.get('positions') or [])} positions; "
+                       f"labels {_e(', '.join(s.get('labels') or []))}.</p>")
+        elif key.startswith("sweep_"):
+            best, seed = s.get("best") or {}, s.get("seed_default") or {}
+            out.append(f"<h3>Sweep {_e(s.get('name'))}: {_e(s.get('method'))} probe of "
+                       f"{_e(s.get('label'))}, cells compared on dev {_e(s.get('metric'))}</h3>"
+                       + _table(["cell", "layer", "position", f"dev {_e(s.get('metric'))}",
+                                 "test pairwise accuracy [95% CI]", "test r [95% CI]"],
+                                [[_e(name), _e(c.get("layer")), _e(c.get("position")),
+                                  _num((c.get("dev") or {}).get(s.get("metric"))),
+                                  ci(c.get("test"), "pairwise_accuracy"), ci(c.get("test"), "r")]
+                                 for name, c in (("best on dev", best), ("seed default", seed)) if c])
+                       + _png(sweep_figure(s), figures / f"probe_sweep_{s.get('name')}.png"))
+        elif key.startswith("train_"):
+            rows = [[_e(m), ci(r.get("test"), "pairwise_accuracy"), ci(r.get("test"), "r"),
+                     ci(r.get("test"), "r2"), ci(r.get("test"), "accuracy")]
+                    for m, r in (s.get("probes") or {}).items()]
+            if s.get("shuffled_control"):
+                rows.append(["ridge, shuffled labels"] + [ci(s["shuffled_control"]["test"], k) for k in
+                                                          ("pairwise_accuracy", "r", "r2", "accuracy")])
+            agree = s.get("linear_vs_ridge") or {}
+            out.append(f"<h3>Probes {_e(s.get('name'))}: {_e(s.get('label'))} at {_e(s.get('layer'))}, "
+                       f"{_e(s.get('position'))} ({_e(s.get('objective'))})</h3>"
+                       + _table(["probe", "test pairwise accuracy", "test r", "test R&sup2;",
+                                 "test accuracy"], rows)
+                       + (f"<p>Linear (AdamW) vs ridge: cosine {_num(agree.get('cosine'))}, r of "
+                          f"test scores {_num(agree.get('test_score_r'))}.</p>" if agree else ""))
+        elif key.startswith("compare_"):
+            rows = [[_e(m), _e(d.get("n")), _with_ci(d, "probe_mean", "probe_ci_low", "probe_ci_high"),
+                     _with_ci(d.get("probe_diff_vs_base") or {}, "diff", "ci_low", "ci_high"),
+                     _with_ci(d, "reward_mean", "reward_ci_low", "reward_ci_high"),
+                     ci(d.get("probe_vs_reward"), "r")]
+                    for m, d in (s.get("models") or {}).items()]
+            which = (s.get("which_model") or {}).get("test") or {}
+            out.append(f"<h3>Base vs tuned ({_e(s.get('name'))}): probe at {_e(s.get('layer'))}, "
+                       f"{_e(s.get('position'))}; base {_e(s.get('base'))}</h3>"
+                       + _table(["model", "n", "probe estimate [95% CI]", "minus base (paired)",
+                                 f"reward {_e(s.get('reward_label') or '')}", "r(probe, reward)"], rows)
+                       + (f"<p>Which-model probe: test accuracy {ci(which, 'accuracy')} (majority "
+                          f"share {_num(which.get('majority_share'))}).</p>" if which else ""))
+        elif key == "targets":
+            rows = [[_e(dim), _e(f"{(p.get('best_target') or {}).get('layer')} "
+                                 f"{(p.get('best_target') or {}).get('position')}"),
+                     ci((p.get("best_target") or {}).get("test"), "r"),
+                     _num(p.get("prompt_end_best_dev_r")), _e(p.get("reward_label") or ""),
+                     ci((p.get("best_target") or {}).get("target_probe_vs_reward"), "r")]
+                    for dim, p in (s.get("dimensions") or {}).items()]
+            out.append("<h3>The conditioned policy's own view</h3>"
+                       + _table(["dimension", "best cell (dev)", "test r, target", "best dev r at "
+                                 "prompt_end", "reward label", "r(target probe, reward), test"], rows)
+                       + _png(targets_figure(s), figures / "probe_targets.png"))
+        elif key == "search":
+            rows = [[_e(m), _with_ci(d, "judge_reward", "ci_low", "ci_high"),
+                     _with_ci(d, "gain_vs_random", "gain_ci_low", "gain_ci_high"),
+                     _num(d.get("passes_per_prompt"), 1), _num(d.get("gain_per_1k_passes"), 4)]
+                    for m, d in (s.get("methods") or {}).items()]
+            out.append(f"<h3>Probe-guided search (n = {_e(s.get('n'))}, judge {_e(s.get('judge'))})</h3>"
+                       + _table(["method", "judge reward [95% CI]", "gain over random [95% CI]",
+                                 "forward passes / prompt", "gain per 1k passes"], rows))
+    return "".join(out)
+
+
 # ---------------------------------------------------------------- entry point
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's files and return its path."""
@@ -484,7 +591,11 @@ def build_report(run_dir: str | Path) -> Path:
         "<h2>Reward-model accuracy</h2>", _rm(metrics),
         "<h2>Labelling RM vs held-out test RM</h2>", _test_rm(metrics, dims, models),
         "<h2>Elo ratings</h2>", _elo(elo, why_elo),
+        # Probes are a study of their own: a run without them has no such section.
+        ("<h2>Reward probes</h2>" + _probes(metrics, run_dir / "figures")
+         if isinstance(metrics.get("probes"), dict) else ""),
         "<h2>Stage wall times</h2>", _stages(manifest),
+        "<h2>Cost</h2>", _cost(manifest),
         "<h2>Example generations</h2>", _examples(scores, dims, why_scores),
         "<h2>Config</h2>",
         _config(manifest),

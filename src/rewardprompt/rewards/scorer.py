@@ -106,6 +106,66 @@ class FunctionScorer:
         return cls(fn=fn, name=spec)
 
 
+#: Scores kept for this process: scorer identity (``scorer_identity``) -> (prompt as JSON,
+#: response) -> normalised score. A recipe scores the same replies in several stages (a best-of
+#: pool is the baseline's own generations; Elo's judge is evaluate's labelling scorer).
+_REMEMBERED: dict[str, dict[tuple[str, str], float]] = {}
+
+
+@dataclass
+class RememberedScorer:
+    """A scorer that scores each distinct (prompt, response) once per process: repeats within a
+    call (a best-of-N pick is one of the baseline's own replies) and across stages come from
+    memory, so a reward model makes no second pass over them, and equal pairs get exactly equal
+    scores whatever batch they would have been padded in. Keyed by the scorer's content, so a
+    reward model retrained in place is another scorer."""
+
+    scorer: Scorer
+    identity: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.scorer.name
+
+    def score(self, prompts: list[list[Message]], responses: list[str]) -> np.ndarray:
+        import json
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        memo = _REMEMBERED.setdefault(self.identity, {})
+        keys = [(json.dumps(p, sort_keys=True), r) for p, r in zip(prompts, responses)]
+        todo: dict[tuple[str, str], int] = {}
+        for i, k in enumerate(keys):
+            if k not in memo:
+                todo.setdefault(k, i)
+        if todo:
+            idx = list(todo.values())
+            scores = np.asarray(self.scorer.score([prompts[i] for i in idx],
+                                                  [responses[i] for i in idx]), dtype=float)
+            memo.update(zip(todo, scores.tolist()))
+        return np.array([memo[k] for k in keys], dtype=float)
+
+
+def scorer_for(spec: str | Path) -> Scorer:
+    """``load_scorer(spec)``, remembering its scores (``RememberedScorer``) when what it computes
+    is fixed by its content: a reward-model folder (by its files' hash) or a synthetic scorer (by
+    its spec). A ``module:function`` scorer is the user's code, which may keep state: it is
+    asked every time."""
+    scorer = load_scorer(spec)
+    if isinstance(scorer, FunctionScorer):
+        return scorer
+    return RememberedScorer(scorer, scorer_identity(spec))
+
+
+def scorer_identity(spec: str | Path) -> str:
+    """What a scorer spec is, by content: a folder's or file's hash (a reward model retrained in
+    place is another scorer), else the spec itself (synthetic:..., module:function)."""
+    from ..stage_cache import content_hash
+
+    path = Path(str(spec))
+    return (content_hash(path) or str(spec)) if path.exists() else str(spec)
+
+
 #: ``package.module:function``; a Hub id has no ':' and an existing path is tried first.
 _FUNCTION_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 #: ``org/name``: what a Hugging Face Hub id looks like.

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..data import PairSource, drop_identical
 from ..errors import DataError
-from ..runs import (atomic_write_json, rm_dir, in_run, publish_dir, recorded, to_jsonable,
-                    update_metrics_entry)
+from ..runs import (atomic_write_json, rm_dir, in_run, process_rank, publish_dir, recorded,
+                    to_jsonable, update_metrics_entry)
 from .eval import accuracy_from_raw, pair_field, pair_raw, pair_report
 from .normaliser import EmpiricalCDFNormaliser
 
@@ -232,6 +232,16 @@ def _batches(pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> list[np.nda
     return out
 
 
+def _bt_loss_share(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float,
+                   weight: float) -> torch.Tensor:
+    """One process's share of a batch's Bradley-Terry loss: its pairs' summed loss times
+    ``weight`` (processes / pairs in the whole batch), so that the mean DDP takes over the
+    processes' gradients is the gradient of the whole batch's mean loss."""
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(r_chosen - r_rejected - margin).sum() * weight
+
+
 def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, seed: int) -> None:
     """Encoder family: fine-tune encoder and head end to end with the Bradley-Terry loss.
 
@@ -239,29 +249,55 @@ def _train_full(model: RewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, se
     ``AutoModelForSequenceClassification``, whose BERT head reads the [CLS] pooler, while this
     family's head reads the mean of the token states that the sentence encoder was trained to
     produce. ``rewardprompt bench rm`` times this loop against RewardTrainer on the same weights.
+
+    The loop runs through ``accelerate.Accelerator``: under ``accelerate launch`` (or torchrun)
+    with k processes the model is wrapped in DDP, every process draws the same batches (the same
+    seed), takes every k-th pair of each and weighs its loss so that the averaged gradient is
+    that of the whole batch: ``batch_size`` stays the pairs per optimiser step, and the weights
+    match one process's (up to float rounding, and dropout, whose masks differ).
     """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
-    import torch
 
     prompts = [pair_field(p, "prompt") for p in pairs]
     chosen = [pair_field(p, "chosen") for p in pairs]
     rejected = [pair_field(p, "rejected") for p in pairs]
     batches = _batches(pairs, cfg, seed)
     opt, sched = _optimiser(model, cfg, len(batches))
+    # The model keeps its own precision decision (cpu_bf16, saved with it): no mixed precision
+    # from a launcher's config. The BERT pooler takes no part in the loss: DDP must allow that.
+    # A Trainer earlier in this process (a decoder RM, SFT) left accelerate's state set to its
+    # own precision; start from a fresh one, as every TrainingArguments does (the process group
+    # stays).
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(mixed_precision="no", cpu=_launch_on_cpu(), kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # The scheduler is stepped once per global batch here, not through accelerate (which would
+    # step it once per process).
+    wrapped, opt = acc.prepare(model, opt)
+    n, rank = acc.num_processes, acc.process_index
     model.train()
-    bar = tqdm(batches, desc="reward model", unit="step")
-    for idx in bar:
-        ps = [prompts[i] for i in idx]
+    bar = tqdm(batches, desc="reward model", unit="step", disable=not acc.is_main_process)
+    for idx in batches:
+        mine, weight = idx[rank::n], n / len(idx)
+        if len(mine) == 0:  # a last batch smaller than the processes: take part, add nothing
+            mine, weight = idx[:1], 0.0
+        ps = [prompts[i] for i in mine]
         # Chosen and rejected go through one forward pass: half the kernel launches.
-        batch = model.tokenize(ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx])
-        r = model(batch)
-        loss = _bt_loss(r[:len(idx)], r[len(idx):], cfg.margin)
+        batch = model.tokenize(ps + ps, [chosen[i] for i in mine] + [rejected[i] for i in mine])
+        r = wrapped(batch)
+        loss = (_bt_loss(r[:len(mine)], r[len(mine):], cfg.margin) if n == 1 else
+                _bt_loss_share(r[:len(mine)], r[len(mine):], cfg.margin, weight))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        acc.backward(loss)
+        acc.clip_grad_norm_(wrapped.parameters(), 1.0)
         opt.step()
         sched.step()
+        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
 
 
@@ -364,13 +400,15 @@ def _train_trl(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig,
         rows["margin"] = [cfg.margin] * len(pairs)
     use_cuda = model.device.type == "cuda"
     steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
+    # batch_size is the pairs per optimiser step: split over the processes of a launch.
+    per_device = cfg.batch_size // world_size()
     # transformers >= 5.3 names the length-grouped sampler by a strategy; older ones by a flag.
     fields = {f.name for f in dataclasses.fields(RewardConfig)}
     grouping = ({"train_sampling_strategy": "group_by_length"}
                 if "train_sampling_strategy" in fields else {"group_by_length": True})
     args = RewardConfig(
         output_dir=str(workdir), num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        per_device_train_batch_size=per_device, learning_rate=cfg.lr,
         lr_scheduler_type="linear", warmup_steps=math.ceil(WARMUP_FRACTION * steps),
         weight_decay=0.01, max_grad_norm=1.0, max_length=None, disable_dropout=True,
         remove_unused_columns=False, logging_steps=max(1, min(10, steps // 10)),
@@ -425,6 +463,68 @@ def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str
     return model, np.asarray(train_raw, dtype=np.float64)
 
 
+# ---------------------------------------------------------------- launches
+#: The environment `accelerate launch` sets for the backends that shard the weights.
+_SHARDED_LAUNCH = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def world_size() -> int:
+    """Processes of this launch (``accelerate launch``, torchrun); 1 when run plainly."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def check_launch(cfg: RMTrainConfig) -> None:
+    """Refuse a launch this stage cannot run exactly, before any work; under a data-parallel
+    launch of several processes, set up the process group (each process on its own GPU).
+
+    Reward-model training scores every training and held-out pair after training, on every
+    process, with the whole model: FSDP and DeepSpeed, which shard it, are refused (these models
+    fit one device; launch with configs/accelerate/multi_gpu.yaml). Fine-tuning splits each batch
+    of ``batch_size`` pairs over the processes, so the processes must divide it.
+    """
+    import os
+
+    for var, name in _SHARDED_LAUNCH.items():
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise ValueError(f"rm train: {name} shards the model over the processes, but reward-"
+                             "model training scores every pair with the whole model on each "
+                             "process; launch it data-parallel (accelerate launch --config_file "
+                             "configs/accelerate/multi_gpu.yaml) or in one process")
+    n = world_size()
+    if n == 1:
+        return
+    if not cfg.freeze_encoder and cfg.batch_size % n:
+        raise ValueError(f"rm train: batch_size={cfg.batch_size} pairs per step cannot be split "
+                         f"evenly over {n} processes; use a multiple of {n}")
+    from accelerate import PartialState
+
+    # The process group, and this process's GPU as the current device (gloo on CPUs).
+    PartialState(cpu=_launch_on_cpu())
+
+
+def _launch_on_cpu() -> bool:
+    """Whether this launch trains on CPUs: no GPU, or `accelerate launch --cpu`."""
+    import os
+
+    import torch
+
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
+        "1", "true", "yes")
+
+
+def _wait_for_everyone() -> None:
+    """A barrier across the launch's processes (nothing when run plainly)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 @recorded("rm train")
 def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train a reward model (or an ensemble) on ``cfg.data``, save it to ``cfg.out``.
@@ -437,6 +537,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     from ..data import load_preferences, split_pairs
 
     cfg.validate()
+    check_launch(cfg)
     pairs = cfg.read_pairs(cfg.data)[0]
     pairs, n_identical = drop_identical(pairs, cfg.data, cfg.drop_identical)
     if cfg.test_fraction > 0:
@@ -457,8 +558,10 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
 
     out = in_run(cfg.run, cfg.out, rm_dir(Path(str(cfg.data)).name.split(".")[0]))
     tmp = out.with_name(out.name + ".tmp")
-    for stale in (tmp, tmp.with_name(tmp.name + "-trainer")):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    if process_rank() == 0:
+        for stale in (tmp, tmp.with_name(tmp.name + "-trainer")):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+    _wait_for_everyone()  # no process starts writing before the leftovers are gone
 
     t0 = time.perf_counter()
     members, member_raw = [], []
@@ -499,17 +602,21 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     if cfg.ensemble > 1:
         # How much the ensemble adds over its members shows only next to their own accuracy.
         metrics["member_accuracy"] = [accuracy_from_raw(*r)["accuracy"] for r in member_test]
-    model.save(tmp)
-    atomic_write_json(tmp / METRICS, metrics)
-    publish_dir(tmp, out)
-    what = "reward model" if cfg.ensemble == 1 else f"reward ensemble of {cfg.ensemble}"
-    print(f"[rewardprompt] {what} saved to {out}: held-out accuracy "
-          f"{metrics['accuracy']} [{metrics['ci_low']}, {metrics['ci_high']}] on "
-          f"{metrics['n_test']} pairs, {train_seconds:.0f}s", flush=True)
-    if cfg.run:
-        summary = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n_test", "n_train",
-                                           "train_seconds")}
-        summary |= {"family": cfg.family, "half": cfg.half, "seed": cfg.seed,
-                    "eval_data": cfg.eval_data}
-        update_metrics_entry(cfg.run, "rm", out.name, summary)
+    # Under a launch every process trained the same model; the main one writes it, the others
+    # wait until it exists.
+    if process_rank() == 0:
+        model.save(tmp)
+        atomic_write_json(tmp / METRICS, metrics)
+        publish_dir(tmp, out)
+        what = "reward model" if cfg.ensemble == 1 else f"reward ensemble of {cfg.ensemble}"
+        print(f"[rewardprompt] {what} saved to {out}: held-out accuracy "
+              f"{metrics['accuracy']} [{metrics['ci_low']}, {metrics['ci_high']}] on "
+              f"{metrics['n_test']} pairs, {train_seconds:.0f}s", flush=True)
+        if cfg.run:
+            summary = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n_test",
+                                               "n_train", "train_seconds")}
+            summary |= {"family": cfg.family, "half": cfg.half, "seed": cfg.seed,
+                        "eval_data": cfg.eval_data}
+            update_metrics_entry(cfg.run, "rm", out.name, summary)
+    _wait_for_everyone()
     return to_jsonable(metrics)

@@ -9,7 +9,9 @@ pairs each trainer actually trained on: TRL drops pairs longer than ``max_length
 package truncates them, so its count can be smaller and the JSON records both. Throughput is
 given twice: over setup + training (model loading, and TRL's tokenisation, included) and over
 training alone. Both sides read the same context (the last user turn, ``turns="last"``). The
-result goes to ``out`` as JSON, with the machine, the versions and the config.
+result goes to ``out`` as JSON, with the machine, the versions and the config, and into the
+``rm`` section of the shared bench file (``bench_file``, beside ``bench sft`` and ``bench
+sample``), one part per family.
 
 For the encoder family the comparison is this package's own loop against RewardTrainer. For the
 decoder family this package trains *through* RewardTrainer too, so the ratio measures what it
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 
-from .runs import atomic_write_json, package_versions, to_jsonable
+from ..runs import atomic_write_json, package_versions, to_jsonable
+from .machine import BENCH_FILE, PeakMemory, write_section
 
 
 @dataclass
@@ -37,6 +40,9 @@ class BenchRMConfig:
 
     out: str = "runs/bench/rm.json"
     """Where the JSON result goes."""
+    bench_file: str | None = None
+    """The shared bench file whose ``rm`` section (one part per family) gets the result too
+    (None: ``bench.json`` in the folder of ``out``, i.e. runs/bench/bench.json by default)."""
     family: str = "encoder"
     """encoder (MiniLM) or decoder (SmolLM2-135M)."""
     base_model: str | None = None
@@ -67,7 +73,7 @@ class BenchRMConfig:
 def _trl_conversational(pairs: list[Any]) -> list[dict[str, Any]]:
     """The pairs in TRL's conversational preference format, with the last user turn as the
     prompt (what the decoder reward model reads with ``turns="last"``)."""
-    from .rewards.decoder import _messages
+    from ..rewards.decoder import _messages
 
     rows = []
     for p in pairs:
@@ -79,7 +85,7 @@ def _trl_conversational(pairs: list[Any]) -> list[dict[str, Any]]:
 
 def _trl_text(pairs: list[Any], turns: str) -> list[dict[str, str]]:
     """Plain-text rows for an encoder: the context the RM reads, then the reply."""
-    from .rewards.model import prompt_context
+    from ..rewards.model import prompt_context
 
     return [{"prompt": prompt_context(p.prompt, turns) + "\n", "chosen": p.chosen,
              "rejected": p.rejected} for p in pairs]
@@ -92,8 +98,8 @@ def _time_trl(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from .device import pick_device, use_bf16
-    from .models import resolve_policy
+    from ..device import pick_device, use_bf16
+    from ..models import resolve_policy
 
     path = resolve_policy(base) if cfg.family == "decoder" else base
     rows = _trl_conversational(pairs) if cfg.family == "decoder" else _trl_text(pairs, "last")
@@ -131,8 +137,8 @@ def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
 
 
 def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
-    from .rewards.model import family_class
-    from .rewards.train import RMTrainConfig, fine_tune, set_precision
+    from ..rewards.model import family_class
+    from ..rewards.train import RMTrainConfig, fine_tune, set_precision
 
     tcfg = RMTrainConfig(data=cfg.data, out=str(workdir), family=cfg.family, base_model=base,
                          max_length=cfg.max_length, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -151,9 +157,9 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
     """Time both trainers ``repeats`` times on the same pairs; write and return the JSON."""
     import torch
 
-    from .data import load_preferences
-    from .models import DEFAULT_POLICY
-    from .rewards.model import FAMILIES, default_encoder_path
+    from ..data import load_preferences
+    from ..models import DEFAULT_POLICY
+    from ..rewards.model import FAMILIES, default_encoder_path
 
     if cfg.family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {cfg.family!r}")
@@ -172,7 +178,9 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
             order = ("rewardprompt", "trl") if r % 2 == 0 else ("trl", "rewardprompt")
             for name in order:
                 fn = _time_ours if name == "rewardprompt" else _time_trl
-                runs[name].append(fn(cfg, base, pairs, Path(tmp) / f"{name}-{r}"))
+                with PeakMemory() as mem:
+                    timing = fn(cfg, base, pairs, Path(tmp) / f"{name}-{r}")
+                runs[name].append(timing | {"peak_memory_mib": mem.mib, "memory": mem.method})
                 print(f"[rewardprompt] bench rm: {name} run {r + 1}/{cfg.repeats}: "
                       f"{runs[name][-1]['examples_per_second']:.2f} pairs/s", flush=True)
     med = {k: statistics.median(x["examples_per_second"] for x in v) for k, v in runs.items()}
@@ -190,8 +198,12 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
               "ratio": med["rewardprompt"] / med["trl"] if med["trl"] else math.inf,
               "median_train_examples_per_second": med_train,
               "train_ratio": med_train["rewardprompt"] / med_train["trl"],
+              "peak_memory_mib": {k: statistics.median(x["peak_memory_mib"] for x in v)
+                                  for k, v in runs.items()},
               "runs": runs}
     atomic_write_json(cfg.out, to_jsonable(result))
+    write_section(cfg.bench_file or Path(cfg.out).with_name(Path(BENCH_FILE).name), "rm", result,
+                  part=cfg.family)
     prec = result["precision"]
     print(f"[rewardprompt] bench rm: rewardprompt ({prec['rewardprompt']}) "
           f"{med['rewardprompt']:.2f} vs TRL ({prec['trl']}) {med['trl']:.2f} pairs/s, "
