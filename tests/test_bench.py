@@ -29,7 +29,7 @@ def bench_file(tmp_path_factory, tiny_policy, tiny_encoder):
     assert main(["bench", "sample", "--out", str(path), "--model", str(tiny_policy),
                  "--prompts", "4", "--batch-size", "2", "--max-new-tokens", "4",
                  "--repeats", "1"]) == 0
-    bench_rm(BenchRMConfig(out=str(path.with_name("rm.json")), family="encoder",
+    bench_rm(BenchRMConfig(out=str(path), family="encoder",
                            base_model=str(tiny_encoder), data="hh-harmless", pairs=8,
                            batch_size=4, max_length=64, repeats=1))
     return json.loads(path.read_text())
@@ -74,7 +74,7 @@ def test_sample_section(bench_file):
         assert sample["peak_memory_mib"][side] >= 0
 
 
-def test_rm_section_keeps_its_own_file_too(bench_file, tmp_path):
+def test_rm_section(bench_file, tmp_path):
     rm = bench_file["rm"]["encoder"]
     assert _positive(rm["ratio"]) and set(rm["peak_memory_mib"]) == {"rewardprompt", "trl"}
 

@@ -263,7 +263,7 @@ def test_sweep_train_and_report(store, tmp_path):
     assert r_result["metric"] == "r" and set(r_result["grid"]) == {"r", "r2", "pairwise_accuracy"}
 
     assert main(["probe", "train", "--acts", str(store.dir), "--run", str(run), "--layer", "final",
-                 "--epochs", "5"]) == 0
+                 "--fit.epochs", "5"]) == 0
     folder = run / "probes" / "probe_chosen"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["probes"]) == {"linear", "ridge", "mlp"}

@@ -634,12 +634,12 @@ def test_bench_rm_times_both_trainers_and_writes_json(family, tiny_encoder, tiny
                                                       pref_file, tmp_path):
     from rewardprompt.bench import BenchRMConfig, bench_rm
 
-    out = tmp_path / "bench" / "rm.json"
+    out = tmp_path / "bench" / "bench.json"
     base = tiny_encoder if family == "encoder" else tiny_decoder
     result = bench_rm(BenchRMConfig(out=str(out), family=family, base_model=base,
                                     data=str(pref_file), pairs=16, batch_size=8, max_length=128,
                                     repeats=1))
-    saved = json.loads(out.read_text())
+    saved = json.loads(out.read_text())["rm"][family]
     assert saved["ratio"] == pytest.approx(result["ratio"])
     assert saved["precision"] == {"rewardprompt": "fp32", "trl": "fp32"}  # CPU pinned to fp32
     for name in ("rewardprompt", "trl"):

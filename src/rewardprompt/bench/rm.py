@@ -9,9 +9,8 @@ pairs each trainer actually trained on: TRL drops pairs longer than ``max_length
 package truncates them, so its count can be smaller and the JSON records both. Throughput is
 given twice: over setup + training (model loading, and TRL's tokenisation, included) and over
 training alone. Both sides read the same context (the last user turn, ``turns="last"``). The
-result goes to ``out`` as JSON, with the machine, the versions and the config, and into the
-``rm`` section of the shared bench file (``bench_file``, beside ``bench sft`` and ``bench
-sample``), one part per family.
+result goes into the ``rm`` section of the bench file ``out`` (beside ``bench sft`` and ``bench
+sample``), one part per family, with the machine, the versions and the config.
 
 For the encoder family the comparison is this package's own loop against RewardTrainer. For the
 decoder family this package trains *through* RewardTrainer too, so the ratio measures what it
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-from ..runs import atomic_write_json, package_versions, to_jsonable
+from ..runs import package_versions, to_jsonable
 from .machine import BENCH_FILE, PeakMemory, write_section
 
 
@@ -38,11 +37,8 @@ from .machine import BENCH_FILE, PeakMemory, write_section
 class BenchRMConfig:
     """``rewardprompt bench rm``: pairs per second, ours vs TRL's RewardTrainer."""
 
-    out: str = "runs/bench/rm.json"
-    """Where the JSON result goes."""
-    bench_file: str | None = None
-    """The shared bench file whose ``rm`` section (one part per family) gets the result too
-    (None: ``bench.json`` in the folder of ``out``, i.e. runs/bench/bench.json by default)."""
+    out: str = BENCH_FILE
+    """The bench file; its ``rm`` part for this family is replaced, the rest stays."""
     family: str = "encoder"
     """encoder (MiniLM) or decoder (SmolLM2-135M)."""
     base_model: str | None = None
@@ -201,9 +197,7 @@ def bench_rm(cfg: BenchRMConfig) -> dict[str, Any]:
               "peak_memory_mib": {k: statistics.median(x["peak_memory_mib"] for x in v)
                                   for k, v in runs.items()},
               "runs": runs}
-    atomic_write_json(cfg.out, to_jsonable(result))
-    write_section(cfg.bench_file or Path(cfg.out).with_name(Path(BENCH_FILE).name), "rm", result,
-                  part=cfg.family)
+    write_section(cfg.out, "rm", result, part=cfg.family)
     prec = result["precision"]
     print(f"[rewardprompt] bench rm: rewardprompt ({prec['rewardprompt']}) "
           f"{med['rewardprompt']:.2f} vs TRL ({prec['trl']}) {med['trl']:.2f} pairs/s, "

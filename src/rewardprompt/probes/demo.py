@@ -53,6 +53,7 @@ def run_demo(cfg: ProbeDemoConfig) -> dict[str, Any]:
     """Run the recipe's stages in ``cfg.out`` (skipping those already done); return a summary."""
     from ..runs import Run
     from .collect import CollectConfig, collect_activations
+    from .probe import Hyper
     from .sweep import ProbeSweepConfig, sweep
     from .train import ProbeTrainConfig, probe_name, train_probes
 
@@ -73,7 +74,7 @@ def run_demo(cfg: ProbeDemoConfig) -> dict[str, Any]:
         sweep_cfg = ProbeSweepConfig(acts=str(acts), run=str(run.dir), name=name,
                                      out=str(run.path("probes", f"sweep_{name}.json")),
                                      sources=[source], method=cfg.sweep_method,
-                                     n_boot=cfg.n_boot, seed=cfg.seed)
+                                     n_boot=cfg.n_boot, fit=Hyper(seed=cfg.seed))
         swept = run.stage(f"probe_sweep_{name}", lambda c=sweep_cfg: sweep(c), config=sweep_cfg,
                           inputs=[acts / "collect.json"], outputs=[sweep_cfg.out])
         best = swept["best"]
@@ -81,7 +82,7 @@ def run_demo(cfg: ProbeDemoConfig) -> dict[str, Any]:
                                      out=str(run.path("probes", f"probe_{name}")),
                                      sources=[source], layer=best["layer"],
                                      position=best["position"], methods=list(cfg.methods),
-                                     n_boot=cfg.n_boot, seed=cfg.seed)
+                                     n_boot=cfg.n_boot, fit=Hyper(seed=cfg.seed))
         trained = run.stage(f"probe_train_{name}", lambda c=train_cfg: train_probes(c),
                             config=train_cfg, inputs=[acts / "collect.json"],
                             outputs=[train_cfg.out])

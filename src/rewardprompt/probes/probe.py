@@ -50,13 +50,21 @@ class Hyper:
     """How AdamW probes train (defaults: the seed's best linear probe) and ridge's penalties."""
 
     lr: float = 1e-4
+    """AdamW learning rate (linear and MLP probes)."""
     batch_size: int = 8
+    """Rows (pairs, for the pairwise objective) per AdamW step."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     epochs: int = 100
+    """At most this many passes over the training side."""
     patience: int = 10
+    """Stop after this many epochs without a lower dev loss (the best epoch is kept)."""
     mlp_hidden: int = 256
+    """Hidden units of the MLP probe."""
     alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    """Ridge penalties tried; the best on dev is kept."""
     seed: int = 0
+    """Seeds initialisation, minibatch order, the shuffled control and the bootstrap."""
 
 
 # ---------------------------------------------------------------- targets of one split

@@ -48,22 +48,10 @@ class ProbeSweepConfig:
     """Layers to sweep (resid_pre.I, final); empty: every collected one."""
     positions: list[str] = field(default_factory=list)
     """Positions to sweep; empty: every collected one."""
-    lr: float = 1e-4
-    """AdamW learning rate (method linear)."""
-    batch_size: int = 8
-    """Rows (or pairs) per AdamW step (method linear)."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay (method linear)."""
-    epochs: int = 100
-    """At most this many epochs per cell (method linear)."""
-    patience: int = 10
-    """Early-stopping patience on the dev loss (method linear)."""
-    alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
-    """Ridge penalties; each cell keeps its best on dev."""
+    fit: Hyper = field(default_factory=Hyper)
+    """How each cell's probe fits (lr to patience: method linear; alphas: ridge)."""
     n_boot: int = 1000
     """Bootstrap resamples for the test CIs of the best and the default cell."""
-    seed: int = 0
-    """Seeds the probes and the bootstrap."""
 
 
 def point_metrics(objective: str, s: np.ndarray, side: Side) -> dict[str, float | None]:
@@ -132,8 +120,7 @@ def sweep(cfg: ProbeSweepConfig) -> dict[str, Any]:
         store.check(layers[0], p)
     name = cfg.name or probe_name(cfg.label, cfg.sources)
     out = _out(cfg, name)
-    hp = Hyper(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-               epochs=cfg.epochs, patience=cfg.patience, alphas=tuple(cfg.alphas), seed=cfg.seed)
+    hp = cfg.fit
     cells, grid, _ = sweep_cells(store, layers, positions, cfg.label, objective, cfg.method, hp,
                                  sources=cfg.sources, models=cfg.models)
     head = "accuracy" if objective == "classify" else ("r" if objective == "regression"
@@ -165,7 +152,7 @@ def sweep(cfg: ProbeSweepConfig) -> dict[str, Any]:
         cell = next(c for c in cells if c["layer"] == layer and c["position"] == position)
         result.setdefault(key, {"layer": layer, "position": position, "dev": cell.get("dev")})
         result[key]["test"] = evaluate(probe, x[sides["test"].idx], sides["test"],
-                                       n_boot=cfg.n_boot, seed=cfg.seed)
+                                       n_boot=cfg.n_boot, seed=cfg.fit.seed)
     figure = (Path(cfg.run) / "figures" if cfg.run else out.parent) / f"probe_sweep_{name}.png"
     result["figure"] = str(figure)
     atomic_write_json(out, result)

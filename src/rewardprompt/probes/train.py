@@ -47,31 +47,12 @@ class ProbeTrainConfig:
     """Only rows from these sources (pair sources or generation files); empty: all."""
     models: list[str] = field(default_factory=list)
     """Only rows of these models (generation rows); empty: all."""
-    lr: float = 1e-4
-    """AdamW learning rate (linear and MLP probes)."""
-    batch_size: int = 8
-    """Rows (pairs, for the pairwise objective) per AdamW step."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay."""
-    epochs: int = 100
-    """At most this many passes over the training side."""
-    patience: int = 10
-    """Stop after this many epochs without a lower dev loss (the best epoch is kept)."""
-    mlp_hidden: int = 256
-    """Hidden units of the MLP probe."""
-    alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
-    """Ridge penalties tried; the best on dev is kept."""
+    fit: Hyper = field(default_factory=Hyper)
+    """How the probes fit (the seed's best linear probe by default)."""
     control: bool = True
     """Also fit ridge on shuffled training labels: the chance level of this setup."""
     n_boot: int = 1000
     """Bootstrap resamples for every CI."""
-    seed: int = 0
-    """Seeds initialisation, minibatch order, shuffling and the bootstrap."""
-
-    def hyper(self) -> Hyper:
-        return Hyper(lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
-                     epochs=self.epochs, patience=self.patience, mlp_hidden=self.mlp_hidden,
-                     alphas=tuple(self.alphas), seed=self.seed)
 
 
 def probe_name(label: str, sources: list[str]) -> str:
@@ -114,7 +95,7 @@ def train_probes(cfg: ProbeTrainConfig) -> dict[str, Any]:
                                          else None)
     if out is None:
         raise ValueError("give --out, or --run DIR to write probes/probe_NAME inside a run")
-    hp = cfg.hyper()
+    hp = cfg.fit
     xs = {s: x[side.idx] for s, side in sides.items()}
     where = {"layer": layer, "position": cfg.position, "label": cfg.label, "objective": objective,
              "sources": cfg.sources, "models": cfg.models, "acts": str(cfg.acts),
@@ -129,17 +110,17 @@ def train_probes(cfg: ProbeTrainConfig) -> dict[str, Any]:
     for method in cfg.methods:
         probe = fit_probe(method, objective, xs["train"], sides["train"], xs["dev"], sides["dev"],
                           hp, label=cfg.label, layer=layer, position=cfg.position, classes=classes)
-        m = {split: evaluate(probe, xs[split], sides[split], n_boot=cfg.n_boot, seed=cfg.seed)
+        m = {split: evaluate(probe, xs[split], sides[split], n_boot=cfg.n_boot, seed=cfg.fit.seed)
              for split in ("dev", "test")}
         probe.save(out / method, extra=where | {"metrics": m})
         probes[method] = probe
         results["probes"][method] = {**m, "fit": _short(probe.info)}
     if cfg.control:
-        fake = fit_probe("ridge", objective, xs["train"], shuffled(sides["train"], objective, cfg.seed),
+        fake = fit_probe("ridge", objective, xs["train"], shuffled(sides["train"], objective, cfg.fit.seed),
                          xs["dev"], sides["dev"], hp, label=cfg.label, layer=layer,
                          position=cfg.position, classes=classes)
         results["shuffled_control"] = {"method": "ridge", "test": evaluate(
-            fake, xs["test"], sides["test"], n_boot=cfg.n_boot, seed=cfg.seed)}
+            fake, xs["test"], sides["test"], n_boot=cfg.n_boot, seed=cfg.fit.seed)}
     if "linear" in probes and "ridge" in probes and objective != "classify":
         results["linear_vs_ridge"] = agreement(probes["linear"], probes["ridge"], xs["test"])
     atomic_write_json(out / "metrics.json", results)
