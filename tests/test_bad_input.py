@@ -115,9 +115,28 @@ def test_sft_row_without_rewards(tmp_path, capsys, tiny_policy, no_heavy_work):
                   [_labelled({"helpful": 0.2}), _labelled(None), _labelled({"helpful": 0.9})])
     out = tmp_path / "sft"
     reason = _fails(capsys, ["sft", "--data", str(data), "--model", str(tiny_policy),
-                             "--out", str(out), "--max-steps", "1"], data, 2, "rewards")
-    assert "labelled replies" in reason
+                             "--out", str(out), "--max-steps", "1"], data, 2, "rewards.helpful")
+    assert "labelled replies with rewards for helpful" in reason
     assert not out.exists()
+
+
+def test_sft_conditioned_on_rows_without_any_rewards(tmp_path, capsys, tiny_policy, no_heavy_work):
+    data = _jsonl(tmp_path / "train.jsonl", [_labelled(None), _labelled(None)])
+    out = tmp_path / "sft"
+    reason = _fails(capsys, ["sft", "--data", str(data), "--model", str(tiny_policy),
+                             "--out", str(out), "--max-steps", "1"], data, 1, "rewards")
+    assert "--no-conditioned for plain SFT" in reason
+    assert not out.exists()
+
+
+def test_plain_sft_needs_no_rewards(tmp_path, tiny_policy):
+    """Unconditioned SFT is ordinary SFT: prompt-response rows without rewards train as they are."""
+    data = _jsonl(tmp_path / "train.jsonl", [_labelled(None)] * 4)
+    out = tmp_path / "sft"
+    assert main(["sft", "--data", str(data), "--model", str(tiny_policy), "--out", str(out),
+                 "--no-conditioned", "--max-steps", "1", "--batch-size", "2"]) == 0
+    metrics = json.loads((out / "final" / "sft_metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["conditioned"] is False
 
 
 def test_sft_conditioned_row_without_a_dimension_of_the_first(tmp_path, capsys, tiny_policy,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -21,6 +22,30 @@ from .runs import LABELS, in_run, messages_error, read_rows, recorded, update_me
 #: Which labelled rows are written.
 Keep = Literal["all", "extremes"]
 
+
+
+def read_labelled(path: str | Path, template: dict, conditioned: bool) -> tuple[list[dict], Any]:
+    """The rows of a labelled set (prompt, response, rewards) and the reward template they are
+    trained with: its dimensions are the first row's rewards unless ``template`` names them.
+
+    Conditioned, every row must carry a number for every dimension of the block (a DataError
+    names the file, line and field otherwise). Unconditioned (plain SFT, the baseline), rewards
+    are optional: a set of prompts and replies without any is trained as it is."""
+    from .template import RewardTemplate
+
+    rows = read_rows(path, {"prompt": messages_error, "response": str},
+                     what="prompt-response rows", optional={"rewards": dict})
+    have = tuple(rows[0].get("rewards") or ())
+    if conditioned and not (have or template.get("dimensions")):
+        raise DataError("missing field (a reward-conditioned policy trains on labelled replies; "
+                        "label them first, or pass --no-conditioned for plain SFT)",
+                        file=str(path), line=1, field="rewards", code="missing_field")
+    tmpl = RewardTemplate.from_dict({**({"dimensions": have} if have else {}), **template})
+    if conditioned:
+        rows = read_rows(path, {"prompt": messages_error, "response": str,
+                                **{f"rewards.{d}": float for d in tmpl.dimensions}},
+                         what=f"labelled replies with rewards for {', '.join(tmpl.dimensions)}")
+    return rows, tmpl
 
 @dataclass
 class LabelConfig:

@@ -362,9 +362,9 @@ def export_labelled(labels: str | Path, out: str | Path, providers: list[str], *
     unknown = [p for p in providers if p not in WEIGHT_ROLES]
     if unknown:
         raise ValueError(f"unknown provider(s) {unknown}; choose from {', '.join(WEIGHT_ROLES)}")
-    rows = read_rows(labels, {"prompt": messages_error, "response": str, "rewards": dict},
-                     what="labelled replies")
-    tmpl = RewardTemplate.from_dict({"dimensions": tuple(rows[0]["rewards"]), **template})
+    from ..labelling import read_labelled
+
+    rows, tmpl = read_labelled(labels, dict(template), conditioned)
     tok = token_counter(None)
     written: dict[str, dict[str, int]] = {}
     for provider in providers:

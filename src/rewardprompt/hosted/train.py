@@ -33,8 +33,7 @@ from urllib.parse import urlparse
 from ..cost import Usage
 from ..policy.meta import read_policy_meta, write_policy_meta
 from ..runs import (LABELS, SCORES, atomic_write_bytes, atomic_write_json, file_hash, in_run,
-                    iter_jsonl, messages_error, policy_dir, publish_dir, read_json, read_rows,
-                    update_metrics_entry, write_jsonl)
+                    iter_jsonl, policy_dir, publish_dir, read_json, update_metrics_entry, write_jsonl)
 from ..template import RewardTemplate
 from .base import (METHODS, PROVIDERS, TERMINAL, HostedError, JobSpec, JobState, ProviderError,
                    TrainingBackend, make_backend)
@@ -96,18 +95,13 @@ def _examples(cfg: Any, backend: TrainingBackend, tok: Any
               ) -> tuple[list[dict], RewardTemplate, Path, dict[str, Any]]:
     """The training file's rows, the template they carry, the data file read, and what the
     reading found (for the result)."""
+    from ..labelling import read_labelled
+
     h = cfg.hosted
     if h.method == "supervised":
         data = in_run(cfg.run, cfg.data, LABELS)
-        rows = read_rows(data, {"prompt": messages_error, "response": str, "rewards": dict},
-                         what="labelled replies")
-        template = RewardTemplate.from_dict({"dimensions": tuple(rows[0]["rewards"]),
-                                             **cfg.template})
+        rows, template = read_labelled(data, dict(cfg.template), cfg.conditioned)
         check_template(template, cfg.conditioned)
-        if cfg.conditioned:  # every row must carry a number for every dimension of the block
-            rows = read_rows(data, {"prompt": messages_error, "response": str,
-                                    **{f"rewards.{d}": float for d in template.dimensions}},
-                             what=f"labelled replies with rewards for {', '.join(template.dimensions)}")
         examples = sft_rows(rows, template, conditioned=cfg.conditioned,
                             max_prompt_tokens=cfg.max_prompt_tokens, tok=tok,
                             weight_roles=backend.weight_roles,

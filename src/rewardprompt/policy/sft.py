@@ -15,8 +15,8 @@ from typing import Any
 
 from ..hosted.base import HostedConfig
 from ..models import DEFAULT_POLICY
-from ..runs import (LABELS, atomic_write_json, file_hash, in_run, messages_error, policy_dir,
-                    publish_dir, read_json, read_rows, recorded, to_jsonable,
+from ..runs import (LABELS, atomic_write_json, file_hash, in_run, policy_dir,
+                    publish_dir, read_json, recorded, to_jsonable,
                     update_metrics_entry)
 from .meta import read_policy_meta, write_policy_meta
 
@@ -136,11 +136,6 @@ def _last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
-def label_dimensions(rows: list[dict]) -> tuple[str, ...]:
-    """The reward dimensions of a labelled set (those of its first row)."""
-    return tuple(rows[0]["rewards"]) if rows else ()
-
-
 @recorded("sft")
 def run_sft(cfg: SFTConfig) -> dict:
     """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint.
@@ -151,7 +146,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         from ..hosted.train import train_hosted
 
         return train_hosted(cfg)
-    from ..template import RewardTemplate
+    from ..labelling import read_labelled
 
     data = in_run(cfg.run, cfg.data, LABELS)
     out = in_run(cfg.run, cfg.out, policy_dir("conditioned" if cfg.conditioned else "uncond_sft"))
@@ -161,13 +156,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         _check_previous(cfg, out, labels)
     if (final / "sft_metrics.json").exists():
         return read_json(final / "sft_metrics.json")
-    rows = read_rows(data, {"prompt": messages_error, "response": str, "rewards": dict},
-                     what="labelled replies")
-    template = RewardTemplate.from_dict({"dimensions": label_dimensions(rows), **cfg.template})
-    if cfg.conditioned:  # every row must carry a number for every dimension of the block
-        rows = read_rows(data, {"prompt": messages_error, "response": str,
-                                **{f"rewards.{d}": float for d in template.dimensions}},
-                         what=f"labelled replies with rewards for {', '.join(template.dimensions)}")
+    rows, template = read_labelled(data, dict(cfg.template), cfg.conditioned)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SFT_CONFIG, {**to_jsonable(cfg), "labels": labels})
     metrics = _train(cfg, rows, template, out, labels)
