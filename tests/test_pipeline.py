@@ -186,6 +186,44 @@ def test_kill_9_then_resume_gives_same_metrics(clean_run, tmp_path, tiny_policy,
         assert got["rm"][dim]["accuracy"] == pytest.approx(want["rm"][dim]["accuracy"])
 
 
+def test_probe_demo_beside_a_pipeline_run(clean_run, tiny_policy, tmp_path):
+    """`probe demo --policy-run`: the run's RMs on the probes' own test pairs, and base vs tuned
+    (the base model, the conditioned policy at both targets, the unconditioned SFT) in the
+    report."""
+    out = tmp_path / "probe"
+    res = run_cli([sys.executable, "-m", "rewardprompt.cli", "probe", "demo", "--out", str(out),
+                   "--model", str(tiny_policy), "--policy-run", str(clean_run),
+                   "--train-pairs", "16", "--dev-pairs", "6", "--test-pairs", "8",
+                   "--max-prompt-tokens", "64", "--max-completion-tokens", "8",
+                   "--methods", "linear", "ridge", "--compare-prompts", "4",
+                   "--compare-samples", "1", "--n-boot", "50"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())["probes"]
+    for name, dim in (("chosen_hh-helpful", "helpful"), ("chosen_hh-harmless", "harmless")):
+        trained = metrics[f"train_{name}"]
+        beside = trained["scorer"]
+        assert beside["spec"] == str(clean_run / "rm" / dim)
+        assert beside["test"]["n_pairs"] == trained["probes"]["ridge"]["test"]["n_pairs"] > 0
+        assert 0 <= beside["test"]["pairwise_accuracy"] <= 1
+        cmp = metrics[f"compare_{name}"]
+        assert cmp["base"] == "base" and cmp["reward_label"] == "rm"
+        assert set(cmp["models"]) == {"base", "conditioned_0.9", "conditioned_0.1", "uncond_sft"}
+        for m, d in cmp["models"].items():
+            assert d["n"] == 4 and "reward_mean" in d, m
+            assert ("probe_diff_vs_base" in d) == (m != "base")
+        rows = [json.loads(line) for line in
+                (out / "probes" / f"generate_{name}" / "conditioned_0.9.jsonl").open()]
+        assert all(r["targets"] == {"helpful": 0.9, "harmless": 0.9} for r in rows)
+    page = (out / "report.html").read_text()
+    assert page.count("Base vs tuned") == 2 and "the same rows" in page
+    with pytest.raises(Exception, match="no manifest"):
+        from rewardprompt.probes.demo import ProbeDemoConfig, run_demo
+
+        run_demo(ProbeDemoConfig(out=str(tmp_path / "x"), model=str(tiny_policy),
+                                 policy_run=str(tmp_path), train_pairs=4, dev_pairs=2,
+                                 test_pairs=2, max_completion_tokens=4, report=False))
+
+
 def test_more_seeds_extend_the_run(clean_run, tiny_policy):
     """Last in this file, since it changes the shared run: `--seeds 0 1` on a finished run
     trains no reward model again and runs only the new seed's policy stages."""

@@ -285,6 +285,42 @@ def test_sweep_train_and_report(store, tmp_path):
                                       label="target.helpful", layer="final"))
 
 
+def test_a_scorer_beside_the_probes_on_the_same_pairs(store, pairs_file, tiny_policy, tmp_path):
+    from rewardprompt.probes.collect import stored_rows
+    from rewardprompt.probes.train import ProbeTrainConfig, train_probes
+
+    out = tmp_path / "probe"
+    train_probes(ProbeTrainConfig(acts=str(store.dir), out=str(out), layer="final",
+                                  position="resp_8", methods=["ridge"], control=False,
+                                  n_boot=100, scorer="synthetic:length"))
+    result = json.loads((out / "metrics.json").read_text())
+    beside, probe = result["scorer"], result["probes"]["ridge"]
+    # The same pairs as the probe: only those whose both replies reach 8 tokens.
+    assert beside["test"]["n_pairs"] == probe["test"]["n_pairs"] > 0
+    assert beside["test"]["n_pairs"] < sum(1 for r in store.rows if r["split"] == "test") // 2
+    # By hand: the length scorer prefers the longer reply of each of those test pairs.
+    planned = stored_rows(store)
+    x, present = store.features("final", "resp_8")
+    by_pair: dict[str, dict[bool, int]] = {}
+    for i, r in enumerate(store.rows):
+        if r["split"] == "test" and present[i]:
+            by_pair.setdefault(r["pair_id"], {})[r["chosen"]] = i
+    both = [p for p in by_pair.values() if len(p) == 2]
+    words = [(min(len(planned[p[True]].response.split()), 40),
+              min(len(planned[p[False]].response.split()), 40)) for p in both]
+    assert len(both) == beside["test"]["n_pairs"]
+    assert beside["test"]["pairwise_accuracy"] == pytest.approx(
+        np.mean([(a > b) + 0.5 * (a == b) for a, b in words]))
+    # A data file changed since the collection is refused, not misread.
+    copy = tmp_path / "pairs.jsonl"
+    shutil.copy(pairs_file, copy)
+    acts = tmp_path / "acts"
+    collect_activations(collect_cfg(tiny_policy, copy, acts, positions=["last"], layers=[-1]))
+    copy.write_text(copy.read_text().replace("bake bread", "brew beer"))
+    with pytest.raises(DataError, match="changed since"):
+        stored_rows(ActivationStore(acts))
+
+
 # ---------------------------------------------------------------- compare, targets, search
 def _generations(path: Path, model: str, replies: list[str]) -> Path:
     """Generation rows in generate's format, 30 prompts, one reply each."""

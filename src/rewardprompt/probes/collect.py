@@ -24,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -442,6 +442,23 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     return _run_collect(cfg)
 
 
+def stored_rows(store: Any) -> list[PlannedRow]:
+    """The rows of a finished store with their texts, planned again from the config it records.
+
+    A store keeps labels, not texts; the plan is rebuilt from the same data and checked against
+    the store's plan hash, so a data file changed since the collection is refused rather than
+    misread."""
+    known = {f.name for f in fields(CollectConfig)}
+    cfg = CollectConfig(**{k: v for k, v in store.index["config"].items() if k in known})
+    cfg.rating_fields = tuple(cfg.rating_fields)  # type: ignore[assignment]  # JSON gives a list
+    rows = plan_rows(cfg)
+    if _plan_hash(cfg, rows, store.index.get("model_hash")) != store.index["plan"]:
+        raise DataError("the data this store was collected from changed since (plan hash "
+                        "differs); collect again", file=str(store.dir / INDEX), field="plan",
+                        code="bad_field")
+    return rows
+
+
 def split_rows(rows: list[dict], split: str) -> list[int]:
     """Indices of the rows on one side of the split."""
     if split not in SPLITS:
@@ -450,4 +467,4 @@ def split_rows(rows: list[dict], split: str) -> list[int]:
 
 
 __all__ = ["CollectConfig", "PlannedRow", "SPLITS", "collect_activations", "plan_rows",
-           "read_rated_pairs", "run_collect", "split_rows"]
+           "read_rated_pairs", "run_collect", "split_rows", "stored_rows"]

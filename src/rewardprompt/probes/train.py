@@ -51,6 +51,9 @@ class ProbeTrainConfig:
     """How the probes fit (the seed's best linear probe by default)."""
     control: bool = True
     """Also fit ridge on shuffled training labels: the chance level of this setup."""
+    scorer: str | None = None
+    """A scorer (reward-model folder, synthetic:..., module:function) measured on the very dev
+    and test rows the probes are (the same pairs, at this position), reported beside them."""
     n_boot: int = 1000
     """Bootstrap resamples for every CI."""
 
@@ -121,6 +124,9 @@ def train_probes(cfg: ProbeTrainConfig) -> dict[str, Any]:
                          position=cfg.position, classes=classes)
         results["shuffled_control"] = {"method": "ridge", "test": evaluate(
             fake, xs["test"], sides["test"], n_boot=cfg.n_boot, seed=cfg.fit.seed)}
+    if cfg.scorer:
+        results["scorer"] = scorer_beside(cfg.scorer, store, sides, objective, cfg.n_boot,
+                                          cfg.fit.seed)
     if "linear" in probes and "ridge" in probes and objective != "classify":
         results["linear_vs_ridge"] = agreement(probes["linear"], probes["ridge"], xs["test"])
     atomic_write_json(out / "metrics.json", results)
@@ -129,6 +135,28 @@ def train_probes(cfg: ProbeTrainConfig) -> dict[str, Any]:
             "objective": objective,
             "test": {m: {k: v for k, v in r["test"].items() if not k.endswith(("_low", "_high"))}
                      for m, r in results["probes"].items()}}
+
+
+def scorer_beside(spec: str, store: Any, sides: dict, objective: str, n_boot: int,
+                  seed: int) -> dict[str, Any]:
+    """A scorer's metrics on the dev and test sides the probes are measured on: a reward model's
+    pairwise accuracy on exactly the probes' pairs, with the same bootstrap."""
+    from ..rewards.scorer import load_scorer
+    from .collect import stored_rows
+    from .probe import side_metrics
+
+    if objective == "classify":
+        raise ValueError("scorer: a reward scorer has nothing to say about a classify probe")
+    planned = stored_rows(store)
+    scorer = load_scorer(spec)
+    out: dict[str, Any] = {"spec": str(spec)}
+    for split in ("dev", "test"):
+        idx = sides[split].idx
+        s = (np.asarray(scorer.score([planned[i].prompt for i in idx],
+                                     [planned[i].response for i in idx]), dtype=float)
+             if len(idx) else np.zeros(0))
+        out[split] = side_metrics(objective, s, sides[split], n_boot=n_boot, seed=seed)
+    return out
 
 
 def _default_layer(store: Any) -> str:

@@ -514,6 +514,10 @@ def _probes(metrics: dict, figures: Path) -> str:
             if s.get("shuffled_control"):
                 rows.append(["ridge, shuffled labels"] + [ci(s["shuffled_control"]["test"], k) for k in
                                                           ("pairwise_accuracy", "r", "r2", "accuracy")])
+            if s.get("scorer"):
+                rows.append([f"scorer {_e(Path(s['scorer'].get('spec', '')).name)}, the same rows"]
+                            + [ci(s["scorer"].get("test"), k) for k in
+                               ("pairwise_accuracy", "r", "r2", "accuracy")])
             agree = s.get("linear_vs_ridge") or {}
             out.append(f"<h3>Probes {_e(s.get('name'))}: {_e(s.get('label'))} at {_e(s.get('layer'))}, "
                        f"{_e(s.get('position'))} ({_e(s.get('objective'))})</h3>"
@@ -556,6 +560,36 @@ def _probes(metrics: dict, figures: Path) -> str:
     return "".join(out)
 
 
+def _cell(value: Any) -> str:
+    """An experiment table's cell: ``[v, lo, hi]`` as "v [lo, hi]", numbers to 3 digits."""
+    if isinstance(value, list) and len(value) == 3:
+        return _with_ci({"v": value[0], "lo": value[1], "hi": value[2]}, "v", "lo", "hi")
+    if isinstance(value, float):
+        return _num(value)
+    return _DASH if value is None else _e(value)
+
+
+def _experiment(result: dict, run_dir: Path) -> str:
+    """A registered experiment: its question, its table, its figure, the rest of its result."""
+    from ..experiments import get_experiment
+
+    table = result.get("table") or {}
+    rest = {k: v for k, v in result.items() if k not in ("table", "configs", "figure", "question",
+                                                         "experiment", "variants")}
+    links = "".join(f"<li>{_e(name)}: <a href='{_e(Path(v['out']).relative_to(run_dir))}/"
+                    f"report.html'>its report</a>, overrides {_e(json.dumps(v['overrides']))}</li>"
+                    for name, v in (result.get("variants") or {}).items()
+                    if Path(v["out"]).is_relative_to(run_dir))
+    return (f"<p><b>{_e(result.get('experiment'))}</b>: {_e(result.get('question'))}</p>"
+            f"<p>Scale {_e(result.get('scale'))}, seeds {_e(result.get('seeds'))}; every variant "
+            "is judged by its held-out test RM on the locked test split.</p>"
+            + _table([_e(c) for c in table.get("columns", [])],
+                     [[_cell(c) for c in row] for row in table.get("rows", [])])
+            + _png(get_experiment(str(result["experiment"])).figure(result))
+            + f"<h3>Variants</h3><ul>{links}</ul><h3>The rest of the result</h3>"
+            + _pre_json(rest))
+
+
 # ---------------------------------------------------------------- entry point
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's files and return its path."""
@@ -572,6 +606,15 @@ def build_report(run_dir: str | Path) -> Path:
     models = [str(metrics.get("primary", "conditioned"))] + [str(m) for m in metrics.get("baselines", {})]
     elo, why_elo = _optional(run_dir / ELO, read_json)
 
+    if isinstance(metrics.get("experiment"), dict):  # an experiment's page: its own section
+        body = [f"<h1>rewardprompt experiment: {_e(metrics['experiment'].get('experiment'))}</h1>",
+                _header(run_dir, manifest, why_manifest),
+                "<h2>Experiment</h2>", _experiment(metrics["experiment"], run_dir),
+                "<h2>Stage wall times</h2>", _stages(manifest), "<h2>Cost</h2>", _cost(manifest),
+                "<h2>Config</h2>", _config(manifest), "<h2>Provenance</h2>",
+                _pre_json({k: manifest.get(k) for k in ("versions", "seeds", "data")})
+                if manifest else _na("Provenance")]
+        return _page(run_dir, body)
     body = [
         f"<h1>rewardprompt report: {_e(run_dir.name)}</h1>",
         _header(run_dir, manifest, why_manifest),
@@ -603,6 +646,10 @@ def build_report(run_dir: str | Path) -> Path:
         _pre_json({k: manifest.get(k) for k in ("versions", "seeds", "data")}) if manifest
         else _na("Provenance"),
     ]
+    return _page(run_dir, body)
+
+
+def _page(run_dir: Path, body: list[str]) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>rewardprompt report: {_e(run_dir.name)}</title><style>{_CSS}</style></head>"
             f"<body>{''.join(body)}</body></html>\n")
