@@ -340,10 +340,12 @@ def run_recipe(cfg: RecipeConfig) -> dict:
               outputs=[run.path(SCORES)])
     # Head-to-head ranking of the first seed's models on the same prompts, judged by the first
     # dimension's labelling scorer.
-    elo = EloConfig(judge=scorers[dims[0]], generations=controls[seeds[0]], run=rundir,
-                    n_boot=cfg.evaluate.n_boot, seed=cfg.seed)
-    run.stage("elo", lambda: {"models": run_elo(elo)["models"]}, config=elo,
-              inputs=elo.generations + _paths([elo.judge]), outputs=[run.path(ELO)])
+    # (A run without baselines has one model, nothing to rank.)
+    if len(controls[seeds[0]]) >= 2:
+        elo = EloConfig(judge=scorers[dims[0]], generations=controls[seeds[0]], run=rundir,
+                        n_boot=cfg.evaluate.n_boot, seed=cfg.seed)
+        run.stage("elo", lambda: {"models": run_elo(elo)["models"]}, config=elo,
+                  inputs=elo.generations + _paths([elo.judge]), outputs=[run.path(ELO)])
     metrics = update_json(run.path("metrics.json"), lambda m: m.update(
         budget={"pipeline_wall_s": run.total_wall_s(),
                 "peak_rss_mib": run.manifest.get("peak_rss_mib")},

@@ -1,0 +1,451 @@
+"""The registered experiments: each a question, its variants per scale, and its analysis.
+
+Every figure comes from the variants' own files (``metrics.json``, ``eval/scores.jsonl``, the
+manifest): r is the recipe's (under the held-out test RM on the locked test split, the mean over
+seeds with a bootstrap over prompts and seeds), and binned rewards carry a bootstrap over
+prompts. Numbers are measured, never written here; docs/results.md records them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runs import MANIFEST, SCORES, read_json, read_jsonl
+from .registry import Experiment, Variant, register
+
+#: Target bins of the binned figures.
+BINS = np.linspace(0.0, 1.0, 6)
+
+
+# ---------------------------------------------------------------- reading a variant
+def _metrics(run: Path) -> dict:
+    return read_json(run / "metrics.json")
+
+
+def _dims(run: Path) -> list[str]:
+    return [str(d) for d in _metrics(run).get("dimensions", [])]
+
+
+def r_cell(run: Path, dim: str, model: str = "conditioned", judge: str | None = None) -> list:
+    """``[r, ci_low, ci_high]`` of ``model`` in ``dim``: under the run's judge (the held-out
+    test RM), or under the labelling RM with ``judge='labelling_rm'``."""
+    cell = (_metrics(run)["control"]["dimensions"].get(dim) or {}).get(model) or {}
+    if judge == "labelling_rm" and "labelling_rm" in cell:
+        cell = cell["labelling_rm"] or {}
+    return [cell.get("r"), cell.get("ci_low"), cell.get("ci_high")]
+
+
+def _rows(run: Path, model: str = "conditioned") -> list[dict]:
+    return [r for r in read_jsonl(run / SCORES) if r["model"] == model
+            and all(op == "=" for op in (r.get("target_ops") or {}).values())
+            and "target_range" not in r]
+
+
+def binned(rows: list[dict], dim: str, key: str, n_boot: int = 1000, seed: int = 0) -> list[list]:
+    """Per target bin: ``[bin centre, mean actual, ci_low, ci_high, n]``, the CI a bootstrap
+    over prompts (every row of a prompt drawn together)."""
+    from ..stats import bootstrap_mean_ci
+
+    t = np.array([r["targets"][dim] for r in rows], dtype=float)
+    a = np.array([r[key][dim] for r in rows], dtype=float)
+    g = np.array([str(r["id"]) for r in rows], dtype=object)
+    out = []
+    for lo, hi in zip(BINS[:-1], BINS[1:]):
+        sel = (t >= lo) & ((t < hi) | (hi == BINS[-1]))
+        if sel.sum() == 0:
+            out.append([round((lo + hi) / 2, 2), None, None, None, 0])
+            continue
+        c_lo, c_hi = bootstrap_mean_ci(a[sel], n_boot, seed, groups=g[sel])
+        out.append([round((lo + hi) / 2, 2), float(a[sel].mean()), c_lo, c_hi, int(sel.sum())])
+    return out
+
+
+def r_table(dirs: dict[str, Path], models: tuple[str, ...] = ("conditioned", "uncond_sft")
+            ) -> dict[str, Any]:
+    """r per variant, model and dimension, under the test RM and the labelling RM."""
+    dims = _dims(next(iter(dirs.values())))
+    rows = [[v, m, d, r_cell(run, d, m), r_cell(run, d, m, "labelling_rm")]
+            for v, run in dirs.items() for m in models for d in dims
+            if r_cell(run, d, m)[0] is not None]
+    return {"columns": ["variant", "model", "dimension", "r, test RM [95% CI]",
+                        "r, labelling RM [95% CI]"], "rows": rows}
+
+
+def _bar_figure(result: dict[str, Any], title: str) -> Any:
+    """Bars of r (test RM) with their CIs: one group per variant, one bar per dimension/model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["table"]["rows"]
+    variants = list(dict.fromkeys(r[0] for r in rows))
+    series = list(dict.fromkeys(f"{r[2]} ({r[1]})" for r in rows))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(variants), 3.2))
+    width = 0.8 / max(len(series), 1)
+    for k, s in enumerate(series):
+        for i, v in enumerate(variants):
+            cell = next((r[3] for r in rows if r[0] == v and f"{r[2]} ({r[1]})" == s), None)
+            if not cell or cell[0] is None:
+                continue
+            err = [[cell[0] - (cell[1] if cell[1] is not None else cell[0])],
+                   [(cell[2] if cell[2] is not None else cell[0]) - cell[0]]]
+            ax.bar(i + k * width, cell[0], width, yerr=err, capsize=3, color=f"C{k}",
+                   label=s if i == 0 else None)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(variants))], variants)
+    ax.set_ylabel("r, test RM (95% CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _binned_figure(result: dict[str, Any], title: str) -> Any:
+    """Mean actual reward per target bin, one panel per dimension, one line per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = result["binned"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (dim, series) in zip(axes[0], panels.items()):
+        for k, (name, pts) in enumerate(series.items()):
+            pts = [p for p in pts if p[1] is not None]
+            x = [p[0] for p in pts]
+            ax.errorbar(x, [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts],
+                                                      [p[3] - p[1] for p in pts]],
+                        marker="o", capsize=3, color=f"C{k}", label=name)
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+        ax.set_xlabel(f"target {dim}")
+        ax.set_ylabel("actual reward (95% CI)")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------- position
+def _position_variants(scale: str) -> list[Variant]:
+    return [Variant(p, {"template": {"position": p}}) for p in ("top", "bottom", "reply")]
+
+
+def prefix_cache_tokens(run: Path) -> dict[str, Any]:
+    """The caching argument: sampling several targets for one prompt, how many prompt tokens
+    must be computed again with a prefix cache (vLLM's automatic prefix caching), per target
+    after the first. The block at the top changes the first tokens, so nothing is shared; at the
+    bottom or opening the reply the dialogue before it is computed once."""
+    from ..models import load_tokenizer
+    from ..policy.meta import read_policy_meta
+    from ..policy.tokenise import fit_prompt, render_prompt
+    from ..template import RewardTemplate, Target
+
+    rows = _rows(run)
+    seed = min(int(r.get("seed", 0)) for r in rows)
+    policy = run / "sft" / f"conditioned_s{seed}" / "final"
+    meta = read_policy_meta(policy)
+    template = RewardTemplate.from_dict(meta["template"])
+    tok = load_tokenizer(str(policy))
+    by_prompt: dict[str, list[list[int]]] = {}
+    for r in rows:
+        if int(r.get("seed", 0)) != seed:
+            continue
+        shown = fit_prompt(tok, r["prompt"], template, {d: Target(v) for d, v in r["targets"].items()},
+                           int(meta.get("max_prompt_tokens", 192)))
+        ids = tok(render_prompt(tok, shown), add_special_tokens=False)["input_ids"]
+        by_prompt.setdefault(str(r["id"]), []).append(ids)
+    total, again, extra = 0, 0, 0
+    for seqs in by_prompt.values():
+        first = seqs[0]
+        total += sum(len(s) for s in seqs)
+        for s in seqs[1:]:
+            common = next((i for i, (a, b) in enumerate(zip(first, s)) if a != b),
+                          min(len(first), len(s)))
+            again += len(s) - common
+            extra += len(s)
+    n_extra = max(1, sum(len(s) - 1 for s in by_prompt.values()))
+    return {"prompts": len(by_prompt), "prompt_tokens": total,
+            "tokens_per_extra_target": round(extra / n_extra, 1),
+            "recomputed_per_extra_target": round(again / n_extra, 1),
+            "share_recomputed": round(again / extra, 4) if extra else None}
+
+
+def _position(dirs: dict[str, Path]) -> dict[str, Any]:
+    table = r_table(dirs)
+    caching = {v: prefix_cache_tokens(run) for v, run in dirs.items()}
+    return {"table": table, "caching": caching}
+
+
+# ---------------------------------------------------------------- duplication
+def _duplication_variants(scale: str) -> list[Variant]:
+    return [Variant(f"x{k}", {"template": {"duplicate": k}}) for k in (1, 2, 4)]
+
+
+# ---------------------------------------------------------------- temperature
+TEMPERATURES = (0.5, 0.7, 1.0)
+
+
+def _temperature_variants(scale: str) -> list[Variant]:
+    return [Variant(f"T{t:g}", {"sampling": {"temperature": t}, **UNCOND}) for t in TEMPERATURES]
+
+
+def sample_entropy(policy: Path, rows: list[dict], temperature: float,
+                   max_rows: int = 64) -> list[float | None]:
+    """Mean per-token entropy (nats) of the sampling distribution (temperature applied) along
+    the sampled replies, teacher-forced on what the policy was shown, with a bootstrap CI over
+    prompts: ``[mean, ci_low, ci_high]``. At most ``max_rows`` rows (the first)."""
+    import torch
+
+    from ..evaluation.kl import completion_logprobs
+    from ..models import load_policy, load_tokenizer
+    from ..policy.meta import read_policy_meta
+    from ..policy.tokenise import fit_prompt
+    from ..stats import bootstrap_mean_ci
+    from ..template import RewardTemplate, Target
+
+    meta = read_policy_meta(policy)
+    template = RewardTemplate.from_dict(meta["template"]) if "template" in meta else None
+    tok, model = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
+    per_row, groups = [], []
+    for r in rows[:max_rows]:
+        targets = ({d: Target(v) for d, v in r["targets"].items()}
+                   if meta.get("conditioned") and template is not None else None)
+        shown = fit_prompt(tok, r["prompt"], template or RewardTemplate(), targets,
+                           int(meta.get("max_prompt_tokens", 192)))
+        ids = tok(r["response"], add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        lp = completion_logprobs(model, tok, shown, ids)
+        if temperature > 0:
+            lp = torch.log_softmax(lp / temperature, dim=-1)
+        ent = -(lp.exp() * lp).nan_to_num().sum(-1)
+        per_row.append(float(ent.mean()))
+        groups.append(str(r["id"]))
+    if not per_row:
+        return [None, None, None]
+    lo, hi = bootstrap_mean_ci(np.array(per_row), 1000, 0, groups=np.array(groups, dtype=object))
+    return [float(np.mean(per_row)), lo, hi]
+
+
+def _temperature(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..stats import bootstrap_mean_ci
+
+    table = r_table(dirs)
+    entropy: dict[str, dict[str, Any]] = {}
+    reward: dict[str, dict[str, Any]] = {}
+    for v, run in dirs.items():
+        t = float(read_json(run / MANIFEST)["config"]["sampling"]["temperature"])
+        for model in ("conditioned", "uncond_sft"):
+            rows = _rows(run, model)
+            seed = min(int(r.get("seed", 0)) for r in rows)
+            entropy.setdefault(v, {})[model] = sample_entropy(
+                run / "sft" / f"{model}_s{seed}" / "final",
+                [r for r in rows if int(r.get("seed", 0)) == seed], t)
+            g = np.array([str(r["id"]) for r in rows], dtype=object)
+            for dim in _dims(run):
+                a = np.array([r["actual_test"][dim] for r in rows], dtype=float)
+                lo, hi = bootstrap_mean_ci(a, 1000, 0, groups=g)
+                reward.setdefault(v, {}).setdefault(model, {})[dim] = [float(a.mean()), lo, hi]
+    return {"table": table, "entropy_per_token": entropy, "mean_reward_test_rm": reward}
+
+
+def _temperature_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["table"]["rows"]
+    dims = list(dict.fromkeys(r[2] for r in rows))
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.8 * len(dims), 3.2), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        for k, model in enumerate(("conditioned", "uncond_sft")):
+            pts = [(result["entropy_per_token"][r[0]][model][0], r[3][0]) for r in rows
+                   if r[1] == model and r[2] == dim and r[3][0] is not None
+                   and result["entropy_per_token"][r[0]][model][0] is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{k}", label=model)
+                for (x, y), r in zip(pts, [r for r in rows if r[1] == model and r[2] == dim]):
+                    ax.annotate(r[0], (x, y), fontsize=7)
+        ax.set_xlabel("entropy per token (nats)")
+        ax.set_ylabel(f"r {dim}, test RM")
+        ax.legend(fontsize=7)
+    fig.suptitle("temperature: entropy against control")
+    return fig
+
+
+# ---------------------------------------------------------------- target-vs-actual
+#: The unconditioned SFT beside the conditioned policy (the full scale has it anyway).
+UNCOND = {"baselines": ["uncond_sft"]}
+
+
+def _one_variant(scale: str) -> list[Variant]:
+    return [Variant("recipe", UNCOND)]
+
+
+def _target_vs_actual(dirs: dict[str, Path]) -> dict[str, Any]:
+    run = dirs["recipe"]
+    models = [m for m in ("conditioned", "uncond_sft") if _rows(run, m)]
+    binned_ = {d: {m: binned(_rows(run, m), d, "actual_test") for m in models} for d in _dims(run)}
+    return {"table": r_table(dirs), "binned": binned_, "judge": "test_rm"}
+
+
+# ---------------------------------------------------------------- overoptimisation
+def _overoptimisation(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..stats import bootstrap_mean_ci
+
+    run = dirs["recipe"]
+    rows = _rows(run)
+    binned_ = {d: {"labelling RM": binned(rows, d, "actual"), "test RM": binned(rows, d, "actual_test")}
+               for d in _dims(run)}
+    g = np.array([str(r["id"]) for r in rows], dtype=object)
+    gap = {}
+    for d in _dims(run):
+        diff = np.array([r["actual"][d] - r["actual_test"][d] for r in rows], dtype=float)
+        lo, hi = bootstrap_mean_ci(diff, 1000, 0, groups=g)
+        gap[d] = [float(diff.mean()), lo, hi]
+    return {"table": r_table(dirs), "binned": binned_,
+            "labelling_minus_test_mean_reward": gap}
+
+
+# ---------------------------------------------------------------- satisficing
+def _satisficing_variants(scale: str) -> list[Variant]:
+    return [Variant("recipe", {"satisficing": [0.7]})]
+
+
+def _satisficing(dirs: dict[str, Path]) -> dict[str, Any]:
+    sat = _metrics(dirs["recipe"]).get("satisficing") or {}
+    rows = []
+    for key, s in sat.items():
+        for dim, cell in (s.get("dimensions") or {}).items():
+            for judge, c in cell.items():
+                if isinstance(c, dict) and "share_met" in c:
+                    rows.append([key, dim, judge, [c["share_met"], c.get("share_ci_low"),
+                                                   c.get("share_ci_high")],
+                                 [c.get("mean_actual"), c.get("mean_ci_low"),
+                                                    c.get("mean_ci_high")]])
+    return {"table": {"columns": ["asks", "dimension", "judge", "share >= x [95% CI]",
+                                  "mean reward [95% CI]"], "rows": rows}, "satisficing": sat}
+
+
+def _satisficing_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["table"]["rows"] if r[2] == "test_rm"]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for i, r in enumerate(rows):
+        v, lo, hi = r[3]
+        ax.barh(i, v, xerr=[[v - (lo if lo is not None else v)], [(hi if hi is not None else v) - v]],
+                color="C0" if r[0].startswith("at_least") else "C1", capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{r[0]} {r[1]}" for r in rows], fontsize=7)
+    ax.set_xlabel("share of replies >= x, test RM (95% CI)")
+    return fig
+
+
+# ---------------------------------------------------------------- cost
+def _cost(dirs: dict[str, Path]) -> dict[str, Any]:
+    manifest = read_json(dirs["recipe"] / MANIFEST)
+    rows = []
+    for name, st in manifest.get("stages", {}).items():
+        costs = st.get("cost") or []
+        tokens = sum(int(c.get("trained_tokens") or 0) + int(c.get("prompt_tokens") or 0)
+                     + int(c.get("completion_tokens") or 0) for c in costs)
+        usd = sum(float(c.get("usd") or 0.0) for c in costs)
+        rows.append([name, st.get("wall_s"), bool(st.get("cached_from")), tokens or None,
+                     round(usd, 6) if costs else None])
+    return {"table": {"columns": ["stage", "wall s", "restored from cache", "API tokens",
+                                  "USD (price table)"], "rows": rows},
+            "total_wall_s": manifest.get("total_wall_s"),
+            "peak_rss_mib": manifest.get("peak_rss_mib")}
+
+
+def _cost_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["table"]["rows"] if r[1]]
+    fig, ax = plt.subplots(figsize=(5, 0.3 * len(rows) + 1))
+    ax.barh(range(len(rows)), [r[1] for r in rows], color=["C1" if r[2] else "C0" for r in rows])
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel("wall s (orange: restored from the stage cache)")
+    return fig
+
+
+# ---------------------------------------------------------------- sample-efficiency
+SAMPLE_SIZES = {"demo": (10, 20, 40), "full": (10, 25, 85, 250)}
+
+
+def _sample_efficiency_variants(scale: str) -> list[Variant]:
+    return [Variant(f"pairs{n}", {"label_pairs": n}) for n in SAMPLE_SIZES[scale]]
+
+
+def _sample_efficiency(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..runs import LABELS
+
+    table = r_table(dirs)
+    examples = {v: sum(1 for _ in (run / LABELS).open()) for v, run in dirs.items()}
+    for row in table["rows"]:
+        row.insert(1, examples[row[0]])
+    table["columns"].insert(1, "training examples")
+    return {"table": table, "examples": examples}
+
+
+def _sample_efficiency_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["table"]["rows"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
+        pts = sorted((r[1], r[4]) for r in rows if r[3] == dim and r[4][0] is not None)
+        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                    yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
+                    marker="o", capsize=3, color=f"C{k}", label=dim)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("r, test RM (95% CI)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.legend(fontsize=7)
+    return fig
+
+
+register(Experiment(
+    "position", "Where should the reward block go: the top, the bottom or opening the reply? "
+    "And how many prompt tokens does each position make a prefix cache recompute per target?",
+    _position_variants, _position, lambda r: _bar_figure(r, "position of the reward block")))
+register(Experiment(
+    "duplication", "Does repeating the reward block (1, 2, 4 times) make the number easier to "
+    "follow?", _duplication_variants, lambda d: {"table": r_table(d)},
+    lambda r: _bar_figure(r, "reward block repeated k times")))
+register(Experiment(
+    "target-vs-actual", "The headline: actual reward against the target on test prompts, per "
+    "dimension (targets uniform and independent, temperature 1).",
+    _one_variant, _target_vs_actual, lambda r: _binned_figure(r, "target vs actual, test RM")))
+register(Experiment(
+    "overoptimisation", "Does the policy please the RM that labelled its data more than an "
+    "independent one? Actual reward under both, against the target.",
+    _one_variant, _overoptimisation,
+    lambda r: _binned_figure(r, "labelling RM vs held-out test RM (conditioned policy)")))
+register(Experiment(
+    "temperature", "Is the gain just lower entropy? Temperature, entropy and control for the "
+    "conditioned model and the unconditioned SFT.",
+    _temperature_variants, _temperature, _temperature_figure))
+register(Experiment(
+    "satisficing", "Trained on exact rewards, asked '>= x': the share of replies that meet x and "
+    "their mean reward, against exact targets drawn from [x, 1].",
+    _satisficing_variants, _satisficing, _satisficing_figure))
+register(Experiment(
+    "cost", "What every stage costs: wall time, tokens and money (from the price table).",
+    _one_variant, _cost, _cost_figure))
+register(Experiment(
+    "sample-efficiency", "Controllability against the number of training examples.",
+    _sample_efficiency_variants, _sample_efficiency, _sample_efficiency_figure))

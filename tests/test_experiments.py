@@ -1,0 +1,110 @@
+"""The experiment registry: specs that compose the recipe, run end to end on tiny models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewardprompt.cli import main
+from rewardprompt.experiments import EXPERIMENTS, SCALES, Variant, get_experiment, recipe_for
+
+#: The words the research outline names its experiments by.
+OUTLINE_WORDS = ("reward-distribution", "position", "duplication", "target-vs-actual",
+                 "overoptimisation", "baselines", "temperature", "split", "satisficing",
+                 "sample-efficiency", "kl", "cost", "reward-mixing", "prompt-loss")
+
+
+def tiny_base(path: Path, policy: Path) -> Path:
+    """The demo scale cut down to the tiny policy (the pipeline test's settings)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "policy": str(policy), "label_pairs": 8, "eval_prompts": 4, "samples_per_prompt": 2,
+        "steer_samples": 1,
+        "rm": {"base_model": str(policy), "layers": 1, "limit": 48, "max_length": 48},
+        "label": {"max_completion_tokens": 12},
+        "sft": {"max_steps": 6, "batch_size": 4, "save_steps": 3, "max_prompt_tokens": 160},
+        "sampling": {"max_new_tokens": 8}, "evaluate": {"n_boot": 50}}))
+    return path
+
+
+def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tmp_path, capsys):
+    get_experiment("position")  # registers them all
+    for exp in EXPERIMENTS.values():
+        assert any(word in exp.name for word in OUTLINE_WORDS), exp.name
+        for scale in SCALES:
+            variants = exp.variants(scale)
+            assert variants and len({v.name for v in variants}) == len(variants)
+            for v in variants:
+                cfg = recipe_for(v, scale, tmp_path)
+                assert cfg.out == str(tmp_path / "variants" / v.name)
+                assert cfg.eval_split == "test" and cfg.test_rm  # the locked split, the judge
+    full = recipe_for(Variant("x", {"template": {"duplicate": 4}}), "full", tmp_path)
+    assert full.seeds == [0, 1, 2] and full.template.duplicate == 4 and full.eval_prompts == 100
+    assert main(["experiment", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS)
+    assert main(["experiment", "run", "no-such-thing"]) == 2
+    assert "unknown experiment 'no-such-thing'" in capsys.readouterr().err
+
+
+def test_sample_entropy_rises_with_temperature(tiny_policy):
+    from rewardprompt.experiments.specs import sample_entropy
+
+    rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"Tell me about {i}."}],
+             "response": "Sure, here is something about it.", "targets": {}} for i in range(4)]
+    cold, warm = (sample_entropy(tiny_policy, rows, t) for t in (0.5, 2.0))
+    assert cold[1] <= cold[0] <= cold[2] and warm[1] <= warm[0] <= warm[2]
+    assert 0 < cold[0] < warm[0] <= np.log(1000) + 1e-6  # the tiny vocabulary bounds it
+
+
+@pytest.mark.slow
+def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypatch):
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
+    out = tmp_path / "exp"
+    assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    assert result["experiment"] == "position" and result["seeds"] == [0]
+    rows = result["table"]["rows"]
+    assert {r[0] for r in rows} == {"top", "bottom", "reply"}
+    assert {r[1] for r in rows} == {"conditioned"}  # no baseline at the demo scale here
+    assert {r[2] for r in rows} == {"helpful", "harmless"}
+    for r in rows:
+        metrics = json.loads((out / "variants" / r[0] / "metrics.json").read_text())
+        cell = metrics["control"]["dimensions"][r[2]][r[1]]
+        assert r[3] == [cell["r"], cell["ci_low"], cell["ci_high"]]  # the recipe's own figure
+    caching = result["caching"]
+    # At the top the block comes before the dialogue (only the chat template's system preamble
+    # is shared); at the bottom the dialogue is shared and the assistant header follows the
+    # block; opening the reply, only the block itself is computed again.
+    share = {p: caching[p]["share_recomputed"] for p in ("top", "bottom", "reply")}
+    assert 0 < share["reply"] < share["bottom"] < share["top"] <= 1, share
+    assert all(caching[p]["prompts"] == 8 for p in share)  # 4 test prompts per dimension
+    # Variants share what does not depend on the block: reward models, steered samples, labels.
+    second = json.loads((out / "variants" / "bottom" / "manifest.json").read_text())["stages"]
+    for stage in ("rm_helpful", "rm_harmless_test", "sample_steered", "label"):
+        assert second[stage].get("cached_from"), stage
+    assert not second["sft_conditioned_s0"].get("cached_from")
+    assert "elo" not in second  # one model: nothing to rank
+    assert Path(result["figure"]).read_bytes()[:4] == b"\x89PNG"
+    page = (out / "report.html").read_text()
+    assert "rewardprompt experiment: position" in page and "variants/top/report.html" in page
+    # A rerun does no variant again; the analysis of the other specs reads the same files.
+    assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base)]) == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert all(stages[f"variant_{v}"]["done"] for v in ("top", "bottom", "reply"))
+    from rewardprompt.experiments.specs import _cost, _overoptimisation, _target_vs_actual
+
+    run = {"recipe": out / "variants" / "reply"}
+    tva = _target_vs_actual(run)
+    assert set(tva["binned"]["helpful"]) == {"conditioned"}
+    n_rows = sum(1 for line in (run["recipe"] / "eval" / "scores.jsonl").open()
+                 if json.loads(line)["model"] == "conditioned")
+    assert sum(b[4] for b in tva["binned"]["helpful"]["conditioned"]) == n_rows
+    over = _overoptimisation(run)
+    assert set(over["labelling_minus_test_mean_reward"]) == {"helpful", "harmless"}
+    cost = _cost(run)
+    assert any(r[0] == "sft_conditioned_s0" and r[1] > 0 for r in cost["table"]["rows"])
