@@ -108,3 +108,15 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
     assert set(over["labelling_minus_test_mean_reward"]) == {"helpful", "harmless"}
     cost = _cost(run)
     assert any(r[0] == "sft_conditioned_s0" and r[1] > 0 for r in cost["table"]["rows"])
+    from rewardprompt.experiments.specs import _kl, _reward_distribution
+
+    dist = _reward_distribution(run, max_pairs=20)
+    n_labels = sum(1 for _ in (run["recipe"] / "label" / "train.jsonl").open())
+    for dim in ("helpful", "harmless"):
+        cell = dist["dimensions"][dim]
+        assert len(cell["chosen"]) == len(cell["rejected"]) == cell["pairs"] == 20
+        assert len(cell["labels"]) == n_labels and all(0 <= v <= 1 for v in cell["chosen"])
+    kl = _kl(run)
+    cond = kl["models"]["conditioned"]
+    assert cond["n"] > 0 and all(p["kl"] >= -1e-6 for p in cond["replies"])
+    assert cond["kl_per_reply"][0] > 0  # six LoRA steps moved the policy off its base

@@ -418,6 +418,148 @@ def _sample_efficiency_figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+# ---------------------------------------------------------------- reward-distribution
+def _reward_distribution(dirs: dict[str, Path], max_pairs: int = 200) -> dict[str, Any]:
+    """The labelling RMs' rewards of their training data's chosen and rejected replies (the
+    first ``max_pairs`` training pairs), and of the labels the policy trained on: how often
+    they reach the extremes (the original RM rarely went below 0.1 or above 0.9)."""
+    from ..data.preference import read_preferences
+    from ..rewards.scorer import load_scorer
+    from ..runs import LABELS
+    from ..stats import bootstrap_mean_ci
+
+    run = dirs["recipe"]
+    labels = read_jsonl(run / LABELS)
+    out: dict[str, Any] = {"dimensions": {}}
+    rows = []
+    for dim in _dims(run):
+        pairs, _ = read_preferences(str(run / "data" / f"{dim}-train.jsonl"), skip_bad=True)
+        pairs = pairs[:max_pairs]
+        scorer = load_scorer(run / "rm" / dim)
+        chosen = np.asarray(scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs]))
+        rejected = np.asarray(scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs]))
+        lab = np.array([r["rewards"][dim] for r in labels], dtype=float)
+        diff_lo, diff_hi = bootstrap_mean_ci(chosen - rejected, 1000, 0)
+        cell = {"pairs": len(pairs), "chosen": chosen.round(4).tolist(),
+                "rejected": rejected.round(4).tolist(), "labels": lab.round(4).tolist(),
+                "chosen_minus_rejected": [float((chosen - rejected).mean()), diff_lo, diff_hi],
+                "accuracy_on_its_training_pairs": float(np.mean(chosen > rejected))}
+        out["dimensions"][dim] = cell
+        for name, v in (("chosen", chosen), ("rejected", rejected), ("labels", lab)):
+            rows.append([dim, name, int(v.size), float(v.mean()), float(v.std()),
+                         float(np.mean(v < 0.1)), float(np.mean(v > 0.9))])
+        rows.append([dim, "chosen - rejected", len(pairs), cell["chosen_minus_rejected"], None,
+                     None, None])
+    out["table"] = {"columns": ["dimension", "rewards of", "n", "mean", "std", "share < 0.1",
+                                "share > 0.9"], "rows": rows}
+    return out
+
+
+def _reward_distribution_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = result["dimensions"]
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.8 * len(dims), 3.0), squeeze=False)
+    for ax, (dim, cell) in zip(axes[0], dims.items()):
+        for k, name in enumerate(("chosen", "rejected", "labels")):
+            ax.hist(cell[name], bins=20, range=(0, 1), histtype="step", color=f"C{k}",
+                    density=True, label=name)
+        ax.set_xlabel(f"{dim} reward (labelling RM)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+# ---------------------------------------------------------------- kl
+def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48) -> list[dict]:
+    """Exact KL(policy || reference) of each reply, summed over its tokens: the policy reads
+    the prompt as it was shown it (with the block), the reference the same dialogue without;
+    both score the same reply tokens. Rows whose reply the two tokenizers split differently
+    are skipped (none where the policy adds only the block's own tokens)."""
+    from ..evaluation.kl import completion_logprobs, exact_kl
+    from ..models import load_policy, load_tokenizer
+    from ..policy.meta import read_policy_meta
+    from ..policy.tokenise import fit_prompt
+    from ..template import RewardTemplate, Target
+
+    meta = read_policy_meta(policy)
+    template = RewardTemplate.from_dict(meta["template"])
+    budget = int(meta.get("max_prompt_tokens", 192))
+    ptok, pol = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
+    rtok, ref = load_tokenizer(reference), load_policy(reference).eval()
+    out = []
+    for r in rows[:max_rows]:
+        ids = ptok(r["response"], add_special_tokens=False)["input_ids"]
+        if not ids or ids != rtok(r["response"], add_special_tokens=False)["input_ids"]:
+            continue
+        shown = fit_prompt(ptok, r["prompt"], template,
+                           {d: Target(v) for d, v in r["targets"].items()}, budget)
+        plain = fit_prompt(rtok, r["prompt"], template, None, budget)
+        pl = completion_logprobs(pol, ptok, shown, ids).double()
+        rl = completion_logprobs(ref, rtok, plain, ids).double()
+        pl = pl[:, :rl.shape[1]].log_softmax(-1)  # the block's added tokens: never in a reply
+        out.append({"id": str(r["id"]), "kl": float(exact_kl(pl, rl).sum()), "n_tokens": len(ids),
+                    "targets": r["targets"], "actual_test": r["actual_test"]})
+    return out
+
+
+def _kl(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..stats import bootstrap_mean_ci
+
+    run = dirs["recipe"]
+    config = read_json(run / MANIFEST)["config"]
+    result: dict[str, Any] = {"models": {}}
+    rows_out = []
+    for model in ("conditioned", "uncond_sft"):
+        rows = _rows(run, model)
+        if not rows:
+            continue
+        seed = min(int(r.get("seed", 0)) for r in rows)
+        per = policy_kl(run / "sft" / f"{model}_s{seed}" / "final", config["policy"],
+                        [r for r in rows if int(r.get("seed", 0)) == seed])
+        kl = np.array([p["kl"] for p in per])
+        g = np.array([p["id"] for p in per], dtype=object)
+        lo, hi = bootstrap_mean_ci(kl, 1000, 0, groups=g)
+        cell: dict[str, Any] = {"n": len(per), "kl_per_reply": [float(kl.mean()), lo, hi],
+                                "kl_per_token": float(kl.sum() / sum(p["n_tokens"] for p in per)),
+                                "replies": per}
+        for dim in _dims(run):
+            a = np.array([p["actual_test"][dim] for p in per])
+            cell[f"r_kl_vs_actual_{dim}"] = (float(np.corrcoef(kl, a)[0, 1])
+                                             if np.ptp(kl) > 0 and np.ptp(a) > 0 else None)
+        result["models"][model] = cell
+        rows_out.append([model, len(per), cell["kl_per_reply"], cell["kl_per_token"]]
+                        + [cell[f"r_kl_vs_actual_{d}"] for d in _dims(run)])
+    result["reference"] = config["policy"]
+    result["table"] = {"columns": ["model", "replies", "KL per reply, nats [95% CI]",
+                                   "KL per token"] + [f"r(KL, {d} test RM)" for d in _dims(run)],
+                       "rows": rows_out}
+    return result
+
+
+def _kl_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    dims = list(next(iter(models.values()))["replies"][0]["actual_test"]) if models else []
+    fig, axes = plt.subplots(1, max(len(dims), 1), figsize=(3.8 * max(len(dims), 1), 3.0),
+                             squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        for k, (model, cell) in enumerate(models.items()):
+            ax.scatter([p["kl"] for p in cell["replies"]],
+                       [p["actual_test"][dim] for p in cell["replies"]], s=8, color=f"C{k}",
+                       label=model)
+        ax.set_xlabel("KL(policy || reference), nats per reply")
+        ax.set_ylabel(f"actual {dim}, test RM")
+        ax.legend(fontsize=7)
+    return fig
+
+
 register(Experiment(
     "position", "Where should the reward block go: the top, the bottom or opening the reply? "
     "And how many prompt tokens does each position make a prefix cache recompute per target?",
@@ -449,3 +591,10 @@ register(Experiment(
 register(Experiment(
     "sample-efficiency", "Controllability against the number of training examples.",
     _sample_efficiency_variants, _sample_efficiency, _sample_efficiency_figure))
+register(Experiment(
+    "reward-distribution", "The RMs' rewards over the training data, chosen vs rejected, and "
+    "the labels the policy trains on: how much of the range do they cover?",
+    lambda scale: [Variant("recipe")], _reward_distribution, _reward_distribution_figure))
+register(Experiment(
+    "kl", "KL(policy || reference), exact from local log-probs, against the reward reached.",
+    _one_variant, _kl, _kl_figure))
