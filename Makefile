@@ -22,6 +22,9 @@ demo: $(STAMP)
 	$(BIN)/rewardprompt demo --out runs/demo
 
 test: $(STAMP)
+	# The report's browser test drives Debian's Chromium (Playwright, no browser download).
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; } || echo "no chromium: the browser tests will fail"
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 

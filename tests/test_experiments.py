@@ -92,6 +92,9 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
     assert Path(result["figure"]).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "rewardprompt experiment: position" in page and "variants/top/report.html" in page
+    from browser import assert_renders
+
+    assert_renders(out / "report.html")
     # A rerun does no variant again; the analysis of the other specs reads the same files.
     assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base)]) == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]

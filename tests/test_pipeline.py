@@ -216,6 +216,9 @@ def test_probe_demo_beside_a_pipeline_run(clean_run, tiny_policy, tmp_path):
         assert all(r["targets"] == {"helpful": 0.9, "harmless": 0.9} for r in rows)
     page = (out / "report.html").read_text()
     assert page.count("Base vs tuned") == 2 and "the same rows" in page
+    from browser import assert_renders
+
+    assert_renders(out / "report.html", min_images=2)  # the two sweeps' heatmaps
     with pytest.raises(Exception, match="no manifest"):
         from rewardprompt.probes.demo import ProbeDemoConfig, run_demo
 

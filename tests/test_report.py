@@ -69,6 +69,25 @@ def _fake_run(run: Path, n_prompts: int = 30, per_prompt: int = 4) -> dict:
     return metrics
 
 
+def test_report_renders_in_a_real_browser(tmp_path: Path) -> None:
+    """Chromium loads the page with no console error and every figure decoded."""
+    from browser import assert_renders
+
+    _fake_run(tmp_path)
+    seen = assert_renders(build_report(tmp_path), min_images=len(DIMS) + 1)
+    assert seen["images"] == len(DIMS) + 1
+
+
+def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path: Path) -> None:
+    from browser import render
+
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><body><img src='data:image/png;base64,AAAA'>"
+                    "<script>console.error('boom')</script></body></html>")
+    seen = render(page)
+    assert seen == {"images": 1, "loaded": 0, "errors": ["boom"]}
+
+
 def test_report_is_self_contained_and_shows_metrics(tmp_path: Path) -> None:
     metrics = _fake_run(tmp_path)
     before = {p for p in tmp_path.rglob("*")}
