@@ -123,3 +123,21 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
     cond = kl["models"]["conditioned"]
     assert cond["n"] > 0 and all(p["kl"] >= -1e-6 for p in cond["replies"])
     assert cond["kl_per_reply"][0] > 0  # six LoRA steps moved the policy off its base
+
+    # reward-mixing: its own stages beside the recipe's (the recipe itself from the cache).
+    mix_out = tmp_path / "mixing"
+    assert main(["experiment", "run", "reward-mixing", "--out", str(mix_out), "--base",
+                 str(base)]) == 0
+    mixing = json.loads((mix_out / "experiment.json").read_text())
+    grid = [json.loads(line) for line in (mix_out / "mixing" / "grid.jsonl").open()]
+    assert len(grid) == 9 * 8 and len(mixing["points"]) == 10  # 3 x 3 targets, the mix policy
+    assert mixing["chosen_by_labelling_rm"] in mixing["points"]
+    labels = [json.loads(line) for line in (mix_out / "mixing" / "mix_labels.jsonl").open()]
+    source = [json.loads(line) for line in
+              (mix_out / "variants" / "recipe" / "label" / "train.jsonl").open()]
+    assert [r["rewards"]["mix"] for r in labels] == pytest.approx(
+        [(2 * r["rewards"]["helpful"] + 3 * r["rewards"]["harmless"]) / 5 for r in source], abs=1e-4)
+    mixed = [json.loads(line) for line in (mix_out / "mixing" / "mix_policy.jsonl").open()]
+    assert {json.dumps(r["targets"]) for r in mixed} == {'{"mix": 0.9}'}
+    d = mixing["chosen_minus_mix_policy_test_rm"]
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]

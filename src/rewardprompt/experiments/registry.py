@@ -51,6 +51,9 @@ class Experiment:
     and whatever the question needs), every figure with its CI."""
     figure: Callable[[dict[str, Any]], Any]
     """The result -> a matplotlib figure."""
+    prepare: Callable[[Any, dict[str, Path]], dict[str, Path]] | None = None
+    """Work beyond the recipe's stages, as stages of the experiment's own run (resumable):
+    (the run, the variants' directories) -> more named directories for the analysis."""
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -149,12 +152,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         run.stage(f"variant_{name}", lambda r=recipe: run_recipe(r), config=recipe,
                   outputs=[Path(recipe.out, "metrics.json")])
     dirs = {name: Path(r.out) for name, r in recipes.items()}
+    if exp.prepare is not None:
+        dirs.update(exp.prepare(run, dirs))
     result = {"experiment": exp.name, "question": exp.question, "scale": cfg.scale,
               "seeds": recipes[variants[0].name].policy_seeds,
-              "variants": {n: {"out": str(d), "overrides": v.overrides}
-                           for (n, d), v in zip(dirs.items(), variants)},
+              "variants": {v.name: {"out": str(dirs[v.name]), "overrides": v.overrides}
+                           for v in variants},
               **run.stage("analyse", lambda: exp.analyse(dirs), force=True,
-                          config={"variants": list(dirs)})}
+                          config={"variants": {k: str(v) for k, v in dirs.items()}})}
     figure = out / "figures" / f"{exp.name}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     exp.figure(result).savefig(figure, dpi=110, bbox_inches="tight")

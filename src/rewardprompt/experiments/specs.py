@@ -560,6 +560,159 @@ def _kl_figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+# ---------------------------------------------------------------- reward-mixing
+#: The reward function chosen after training: 2 x helpful + 3 x harmless (as a weighted mean).
+MIX = {"helpful": 2.0, "harmless": 3.0}
+MIX_GRID = (0.1, 0.5, 0.9)
+MIX_TARGET = 0.9
+
+
+def _mix(rewards: dict[str, float]) -> float:
+    return sum(w * rewards[d] for d, w in MIX.items()) / sum(MIX.values())
+
+
+def _mixing_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
+    """The conditioned policy asked every pair of a target grid on the test prompts; and a
+    policy trained on the mixture alone (the same replies and SFT settings, one dimension
+    ``mix`` = the weighted mean of the labels), asked for a high mixture."""
+    from dataclasses import replace
+
+    from ..backends.base import SamplingConfig
+    from ..config import from_dict
+    from ..policy.sft import SFTConfig, run_sft
+    from ..recipe import EVAL_PROMPTS
+    from ..runs import LABELS, write_jsonl
+    from ..sampling import GenerateConfig, run_generate
+
+    src = dirs["recipe"]
+    manifest = read_json(src / MANIFEST)
+    config = manifest["config"]
+    seed = (config.get("seeds") or [config.get("seed", 0)])[0]
+    out = run.path("mixing")
+    sampling = from_dict(SamplingConfig, dict(config["sampling"], seed=seed))
+    prompts = src / "data" / EVAL_PROMPTS
+    grid_out = out / "grid.jsonl"
+    policy = src / "sft" / f"conditioned_s{seed}" / "final"
+    run.stage("mixing_grid", lambda: _sample_grid(policy, prompts, grid_out, sampling),
+              config={"policy": str(policy), "grid": MIX_GRID, "sampling": config["sampling"]},
+              inputs=[prompts, policy], outputs=[grid_out])
+    labels = out / "mix_labels.jsonl"
+    write_jsonl(labels, [dict(r, rewards={"mix": round(_mix(r["rewards"]), 4)})
+                         for r in read_jsonl(src / LABELS)])
+    sft_cfg = from_dict(SFTConfig, manifest["stages"][f"sft_conditioned_s{seed}"]["config"])
+    sft = replace(sft_cfg, data=str(labels), out=str(out / "sft_mix"), run=None,
+                  template={**sft_cfg.template, "dimensions": ["mix"]})
+    run.stage("mixing_sft", lambda: run_sft(sft), config=sft, inputs=[labels],
+              outputs=[out / "sft_mix" / "final"])
+    gen = GenerateConfig(prompts=str(prompts), model=str(out / "sft_mix" / "final"),
+                         out=str(out / "mix_policy.jsonl"), label="mix_policy",
+                         targets=[f"{MIX_TARGET:g}"], sampling=sampling)
+    run.stage("mixing_generate", lambda: run_generate(gen), config=gen,
+              inputs=[prompts, out / "sft_mix" / "final"], outputs=[gen.out])
+    return {"mixing": out}
+
+
+def _sample_grid(policy: Path, prompts: Path, out: Path, sampling: Any) -> dict[str, Any]:
+    """One reply per test prompt and pair of targets of the grid (every dimension's value from
+    MIX_GRID), with the prompt the policy trained with."""
+    from itertools import product
+
+    from ..backends.local import LocalBackend
+    from ..policy.meta import read_policy_meta
+    from ..policy.tokenise import fit_prompt
+    from ..runs import write_jsonl
+    from ..template import RewardTemplate, Target
+
+    meta = read_policy_meta(policy)
+    template = RewardTemplate.from_dict(meta["template"])
+    dims = template.dimensions
+    backend = LocalBackend(str(policy))
+    rows = read_jsonl(prompts)
+    jobs = [(r, dict(zip(dims, values))) for values in product(MIX_GRID, repeat=len(dims))
+            for r in rows]
+    shown = [fit_prompt(backend.tokenizer, r["prompt"], template,
+                        {d: Target(v) for d, v in t.items()}, int(meta.get("max_prompt_tokens", 192)))
+             for r, t in jobs]
+    done = backend.generate(shown, sampling)
+    write_jsonl(out, [{"id": r["id"], "prompt": r["prompt"], "targets": t, "model": "grid",
+                       "response": template.strip_reply_block(c.text, t), "n_tokens": c.n_tokens}
+                      for (r, t), c in zip(jobs, done)])
+    return {"n": len(jobs)}
+
+
+def _reward_mixing(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..probes.compare import paired_diff
+    from ..rewards.scorer import load_scorer
+    from ..stats import bootstrap_mean_ci
+
+    src, out = dirs["recipe"], dirs["mixing"]
+    grid = read_jsonl(out / "grid.jsonl")
+    mixed = read_jsonl(out / "mix_policy.jsonl")
+    rows = grid + mixed
+    for key, suffix in (("actual_test", "-test"), ("actual", "")):
+        for dim in MIX:
+            scores = load_scorer(src / "rm" / f"{dim}{suffix}").score(
+                [r["prompt"] for r in rows], [r["response"] for r in rows])
+            for r, v in zip(rows, scores):
+                r.setdefault(key, {})[dim] = float(v)
+    points, table = {}, []
+    for key in dict.fromkeys(json_key(r) for r in grid):
+        sel = [r for r in grid if json_key(r) == key]
+        points[key] = _point(sel, bootstrap_mean_ci)
+    points["mix_policy"] = _point(mixed, bootstrap_mean_ci)
+    chosen = max((k for k in points if k != "mix_policy"), key=lambda k: points[k]["mix_labelling"])
+    for k, pt in points.items():
+        table.append([k, pt["n"], pt["helpful"], pt["harmless"], pt["mix"], pt["mix_labelling"]])
+    pick = [r for r in grid if json_key(r) == chosen]
+    both = pick + mixed
+    values = np.array([_mix(r["actual_test"]) for r in both])
+    models = np.array(["grid"] * len(pick) + ["mix_policy"] * len(mixed), dtype=object)
+    groups = np.array([str(r["id"]) for r in both], dtype=object)
+    diff = paired_diff(values, models, groups, "grid", "mix_policy", 1000, 0)
+    return {"mix": MIX, "grid": list(MIX_GRID), "mix_target": MIX_TARGET, "points": points,
+            "chosen_by_labelling_rm": chosen, "chosen_minus_mix_policy_test_rm": diff,
+            "table": {"columns": ["targets (or policy)", "n", "helpful, test RM [95% CI]",
+                                  "harmless, test RM [95% CI]", "(2h + 3s) / 5, test RM [95% CI]",
+                                  "(2h + 3s) / 5, labelling RM"], "rows": table}}
+
+
+def json_key(row: dict) -> str:
+    return ", ".join(f"{d} {v:g}" for d, v in row["targets"].items())
+
+
+def _point(rows: list[dict], ci: Any) -> dict[str, Any]:
+    g = np.array([str(r["id"]) for r in rows], dtype=object)
+    out: dict[str, Any] = {"n": len(rows)}
+    for name, values in (("helpful", [r["actual_test"]["helpful"] for r in rows]),
+                         ("harmless", [r["actual_test"]["harmless"] for r in rows]),
+                         ("mix", [_mix(r["actual_test"]) for r in rows])):
+        v = np.array(values, dtype=float)
+        lo, hi = ci(v, 1000, 0, groups=g)
+        out[name] = [float(v.mean()), lo, hi]
+    out["mix_labelling"] = float(np.mean([_mix(r["actual"]) for r in rows]))
+    return out
+
+
+def _reward_mixing_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    for k, pt in result["points"].items():
+        h, s = pt["helpful"], pt["harmless"]
+        style = dict(color="C3", marker="*", ms=12) if k == "mix_policy" else dict(color="C0", marker="o")
+        ax.errorbar(h[0], s[0], xerr=[[h[0] - h[1]], [h[2] - h[0]]],
+                    yerr=[[s[0] - s[1]], [s[2] - s[0]]], capsize=2, **style)
+        ax.annotate(k.replace("helpful ", "h").replace("harmless ", "s"), (h[0], s[0]), fontsize=6)
+    ax.set_xlabel("helpful, test RM")
+    ax.set_ylabel("harmless, test RM")
+    ax.set_title("targets set after training (blue) vs a policy trained on 2h + 3s (star)",
+                 fontsize=8)
+    return fig
+
+
 register(Experiment(
     "position", "Where should the reward block go: the top, the bottom or opening the reply? "
     "And how many prompt tokens does each position make a prefix cache recompute per target?",
@@ -598,3 +751,8 @@ register(Experiment(
 register(Experiment(
     "kl", "KL(policy || reference), exact from local log-probs, against the reward reached.",
     _one_variant, _kl, _kl_figure))
+register(Experiment(
+    "reward-mixing", "Change the reward function after training by the prompt alone: targets "
+    "that maximise 2 x helpful + 3 x harmless, against a policy trained for that mixture alone.",
+    lambda scale: [Variant("recipe")], _reward_mixing, _reward_mixing_figure,
+    prepare=_mixing_prepare))
