@@ -141,3 +141,24 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
     assert {json.dumps(r["targets"]) for r in mixed} == {'{"mix": 0.9}'}
     d = mixing["chosen_minus_mix_policy_test_rm"]
     assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+
+
+@pytest.mark.slow
+def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
+    out = tmp_path / "split"
+    assert main(["experiment", "run", "split", "--out", str(out), "--base", str(base)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    dims = {}
+    for row in result["table"]["rows"]:
+        dims.setdefault(row[0], set()).add(row[3])
+        assert row[1] == len(json.loads((out / "variants" / row[0] / "manifest.json").read_text())
+                             ["config"]["data"])
+    assert dims == {"1-combined": {"combined"}, "2-dims": {"helpful", "harmless"},
+                    "3-dims": {"helpful_base", "helpful_online", "harmless"},
+                    "4-dims": {"helpful_base", "helpful_online", "helpful_rs", "harmless"}}
+    # The same labelled prompts in all: label_pairs per dimension times the dimensions.
+    for name, n in (("1-combined", 1), ("2-dims", 2), ("4-dims", 4)):
+        cfg = json.loads((out / "variants" / name / "manifest.json").read_text())["config"]
+        assert cfg["label_pairs"] * n == 40

@@ -34,6 +34,9 @@ SHIPPED: dict[str, Path] = {
 #: Shipped names that stand for several shipped files, read one after the other.
 SHIPPED_GROUPS: dict[str, tuple[str, ...]] = {
     "hh-helpful": ("hh-helpful-base", "hh-helpful-online", "hh-helpful-rejection-sampled"),
+    # One combined preference: every HH file (the "split" experiment's single dimension).
+    "hh-all": ("hh-helpful-base", "hh-helpful-online", "hh-helpful-rejection-sampled",
+               "hh-harmless"),
 }
 
 

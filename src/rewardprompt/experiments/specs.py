@@ -65,9 +65,8 @@ def binned(rows: list[dict], dim: str, key: str, n_boot: int = 1000, seed: int =
 def r_table(dirs: dict[str, Path], models: tuple[str, ...] = ("conditioned", "uncond_sft")
             ) -> dict[str, Any]:
     """r per variant, model and dimension, under the test RM and the labelling RM."""
-    dims = _dims(next(iter(dirs.values())))
     rows = [[v, m, d, r_cell(run, d, m), r_cell(run, d, m, "labelling_rm")]
-            for v, run in dirs.items() for m in models for d in dims
+            for v, run in dirs.items() for m in models for d in _dims(run)
             if r_cell(run, d, m)[0] is not None]
     return {"columns": ["variant", "model", "dimension", "r, test RM [95% CI]",
                         "r, labelling RM [95% CI]"], "rows": rows}
@@ -713,6 +712,54 @@ def _reward_mixing_figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+# ---------------------------------------------------------------- split
+#: One combined reward, then 2, 3 and 4 dimensions from HH-RLHF's four subsets.
+SPLITS = {
+    "1-combined": {"combined": "hh-all"},
+    "2-dims": {"helpful": "hh-helpful", "harmless": "hh-harmless"},
+    "3-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
+               "harmless": "hh-harmless"},
+    "4-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
+               "helpful_rs": "hh-helpful-rejection-sampled", "harmless": "hh-harmless"},
+}
+
+
+def _split_variants(scale: str) -> list[Variant]:
+    # The same number of labelled prompts in every variant, whatever its number of dimensions.
+    per_dim = {"demo": 40, "full": 1000}[scale]
+    return [Variant(name, {"data": data, "label_pairs": per_dim // len(data)})
+            for name, data in SPLITS.items()]
+
+
+def _split(dirs: dict[str, Path]) -> dict[str, Any]:
+    table = r_table(dirs)
+    for row in table["rows"]:
+        row.insert(1, len(_dims(dirs[row[0]])))
+    table["columns"].insert(1, "dimensions")
+    return {"table": table}
+
+
+def _split_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["table"]["rows"]
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
+        pts = sorted((r[1], r[4]) for r in rows if r[3] == dim and r[4][0] is not None)
+        ax.errorbar([p[0] + 0.04 * k for p in pts], [p[1][0] for p in pts],
+                    yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
+                    marker="o", capsize=3, color=f"C{k}", label=dim)
+    ax.set_xticks([1, 2, 3, 4])
+    ax.set_xlabel("reward dimensions in the block")
+    ax.set_ylabel("r, test RM (95% CI)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.legend(fontsize=7)
+    return fig
+
+
 register(Experiment(
     "position", "Where should the reward block go: the top, the bottom or opening the reply? "
     "And how many prompt tokens does each position make a prefix cache recompute per target?",
@@ -756,3 +803,7 @@ register(Experiment(
     "that maximise 2 x helpful + 3 x harmless, against a policy trained for that mixture alone.",
     lambda scale: [Variant("recipe")], _reward_mixing, _reward_mixing_figure,
     prepare=_mixing_prepare))
+register(Experiment(
+    "split", "One combined reward against 2, 3 and 4 dimensions in the block (HH's four "
+    "subsets): how does each dimension's control change with their number?",
+    _split_variants, _split, _split_figure))
