@@ -162,3 +162,32 @@ def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
     for name, n in (("1-combined", 1), ("2-dims", 2), ("4-dims", 4)):
         cfg = json.loads((out / "variants" / name / "manifest.json").read_text())["config"]
         assert cfg["label_pairs"] * n == 40
+
+
+@pytest.mark.slow
+def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeypatch):
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
+    out = tmp_path / "baselines"
+    assert main(["experiment", "run", "baselines", "--out", str(out), "--base", str(base)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    models = result["models"]
+    assert set(models) == {"conditioned", "uncond_sft", "chosen_sft", "best_of_n_sft", "dpo"}
+    n = models["conditioned"]["n"]
+    for m, cell in models.items():
+        assert cell["n"] == n, m  # the same prompts and samples per prompt
+        assert cell["kl_per_reply"] >= -1e-6 and cell["entropy_per_token"][0] > 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    dpo = json.loads((out / stages["baselines_dpo"]["result_file"]).read_text())
+    assert dpo["steps"] == 6 and dpo["pairs"] > 0
+    # best-of-n SFT trains on each prompt's top labelled reply.
+    labels = [json.loads(line) for line in
+              (out / "variants" / "recipe" / "label" / "train.jsonl").open()]
+    top = [json.loads(line) for line in (out / "baselines" / "best_of_n_sft.jsonl").open()]
+    best = {}
+    for r in labels:
+        k = json.dumps(r["prompt"], sort_keys=True)
+        if k not in best or np.mean(list(r["rewards"].values())) > np.mean(
+                list(best[k]["rewards"].values())):
+            best[k] = r
+    assert sorted(r["response"] for r in top) == sorted(r["response"] for r in best.values())

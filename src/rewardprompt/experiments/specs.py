@@ -474,7 +474,8 @@ def _reward_distribution_figure(result: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- kl
 def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48) -> list[dict]:
     """Exact KL(policy || reference) of each reply, summed over its tokens: the policy reads
-    the prompt as it was shown it (with the block), the reference the same dialogue without;
+    the prompt as it was shown it (with the block if it is conditioned), the reference the same
+    dialogue without;
     both score the same reply tokens. Rows whose reply the two tokenizers split differently
     are skipped (none where the policy adds only the block's own tokens)."""
     from ..evaluation.kl import completion_logprobs, exact_kl
@@ -494,7 +495,8 @@ def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48
         if not ids or ids != rtok(r["response"], add_special_tokens=False)["input_ids"]:
             continue
         shown = fit_prompt(ptok, r["prompt"], template,
-                           {d: Target(v) for d, v in r["targets"].items()}, budget)
+                           {d: Target(v) for d, v in r["targets"].items()}
+                           if meta.get("conditioned") else None, budget)
         plain = fit_prompt(rtok, r["prompt"], template, None, budget)
         pl = completion_logprobs(pol, ptok, shown, ids).double()
         rl = completion_logprobs(ref, rtok, plain, ids).double()
@@ -760,6 +762,190 @@ def _split_figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+# ---------------------------------------------------------------- baselines
+#: The policies trained beside the conditioned one, on the same prompts and for the same steps.
+TRAINED_BASELINES = ("chosen_sft", "best_of_n_sft", "dpo")
+
+
+def _baselines_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
+    """Train chosen-only SFT (the human chosen replies of the labelled prompts), SFT on each
+    prompt's top labelled reply (best-of-n / rejection-sampling fine-tuning, "FeedME") and DPO
+    (TRL's DPOTrainer, LoRA, on each prompt's best vs worst labelled reply), each with the
+    steps and batch of the recipe's SFT; sample each on the test prompts."""
+    from dataclasses import replace
+
+    from ..backends.base import SamplingConfig
+    from ..config import from_dict
+    from ..policy.sft import SFTConfig, run_sft
+    from ..recipe import EVAL_PROMPTS, LABEL_PAIRS
+    from ..runs import LABELS, write_jsonl
+    from ..sampling import GenerateConfig, run_generate
+
+    src = dirs["recipe"]
+    manifest = read_json(src / MANIFEST)
+    config = manifest["config"]
+    seed = (config.get("seeds") or [config.get("seed", 0)])[0]
+    out = run.path("baselines")
+    uncond = from_dict(SFTConfig, manifest["stages"][f"sft_uncond_sft_s{seed}"]["config"])
+    labels = read_jsonl(src / LABELS)
+    by_prompt: dict[str, list[dict]] = {}
+    for r in labels:
+        by_prompt.setdefault(json_prompt(r["prompt"]), []).append(r)
+    mean = lambda r: float(np.mean(list(r["rewards"].values())))  # noqa: E731
+    data = {
+        "chosen_sft": [{"prompt": p["prompt"], "response": p["chosen"]}
+                       for p in read_jsonl(src / "data" / LABEL_PAIRS)],
+        "best_of_n_sft": [{"prompt": rs[0]["prompt"], "response": max(rs, key=mean)["response"]}
+                          for rs in by_prompt.values()],
+    }
+    pairs = [{"prompt": rs[0]["prompt"], "chosen": max(rs, key=mean)["response"],
+              "rejected": min(rs, key=mean)["response"]} for rs in by_prompt.values()
+             if len(rs) > 1 and mean(max(rs, key=mean)) > mean(min(rs, key=mean))]
+    models = {}
+    for name, rows in data.items():
+        path = out / f"{name}.jsonl"
+        write_jsonl(path, rows)
+        sft = replace(uncond, data=str(path), out=str(out / name), run=None, conditioned=False)
+        run.stage(f"baselines_{name}", lambda c=sft: run_sft(c), config=sft, inputs=[path],
+                  outputs=[out / name / "final"])
+        models[name] = out / name / "final"
+    pairs_file = out / "dpo_pairs.jsonl"
+    write_jsonl(pairs_file, pairs)
+    dpo_cfg = {"base": config["policy"], "steps": uncond.max_steps, "batch_size": uncond.batch_size,
+               "lr": uncond.lr / 10, "beta": 0.1, "lora_r": uncond.lora_r, "seed": seed,
+               "template": uncond.template, "max_prompt_tokens": uncond.max_prompt_tokens,
+               "max_completion_tokens": uncond.max_completion_tokens}
+    run.stage("baselines_dpo", lambda: train_dpo(pairs_file, out / "dpo", dpo_cfg),
+              config=dpo_cfg, inputs=[pairs_file], outputs=[out / "dpo" / "final"])
+    models["dpo"] = out / "dpo" / "final"
+    sampling = from_dict(SamplingConfig, dict(config["sampling"], seed=seed))
+    for name, model in models.items():
+        gen = GenerateConfig(prompts=str(src / "data" / EVAL_PROMPTS), model=str(model),
+                             out=str(out / f"generate_{name}.jsonl"), label=name,
+                             conditioned=False, samples_per_prompt=config["samples_per_prompt"],
+                             max_prompt_tokens=uncond.max_prompt_tokens, sampling=sampling)
+        run.stage(f"baselines_generate_{name}", lambda g=gen: run_generate(g), config=gen,
+                  inputs=[gen.prompts, model], outputs=[gen.out])
+    return {"baselines": out}
+
+
+def json_prompt(prompt: list[dict]) -> str:
+    import json
+
+    return json.dumps(prompt, sort_keys=True)
+
+
+def train_dpo(pairs_file: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """DPO with TRL's DPOTrainer: a LoRA adapter on the base policy (the reference is the
+    adapter switched off), merged and saved with the policy's metadata."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from ..device import pick_device
+    from ..models import load_policy, load_tokenizer
+    from ..policy.meta import write_policy_meta
+    from ..policy.tokenise import render_prompt
+    from ..runs import publish_dir
+
+    set_seed(int(cfg["seed"]))
+    tok = load_tokenizer(cfg["base"], padding_side="left")
+    rows = read_jsonl(pairs_file)
+    dataset = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]),
+                                  "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    model = load_policy(cfg["base"])
+    args = DPOConfig(output_dir=str(out / "trainer"), max_steps=int(cfg["steps"]),
+                     per_device_train_batch_size=int(cfg["batch_size"]),
+                     learning_rate=float(cfg["lr"]), beta=float(cfg["beta"]), seed=int(cfg["seed"]),
+                     max_length=int(cfg["max_prompt_tokens"]) + int(cfg["max_completion_tokens"]),
+                     use_cpu=pick_device().type != "cuda", report_to="none", save_strategy="no",
+                     logging_steps=max(1, int(cfg["steps"]) // 5), dataloader_num_workers=0)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                         peft_config=LoraConfig(r=int(cfg["lora_r"]), lora_alpha=2 * int(cfg["lora_r"]),
+                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+    result = trainer.train()
+    merged = trainer.model.merge_and_unload()
+    tmp = out / "final.tmp"
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    write_policy_meta(tmp, {"config": cfg, "template": cfg["template"], "conditioned": False,
+                            "method": "dpo", "max_prompt_tokens": cfg["max_prompt_tokens"],
+                            "max_completion_tokens": cfg["max_completion_tokens"]})
+    publish_dir(tmp, out / "final")
+    return {"pairs": len(rows), "train_loss": float(result.training_loss),
+            "steps": int(result.global_step)}
+
+
+def _baselines(dirs: dict[str, Path]) -> dict[str, Any]:
+    from ..rewards.scorer import load_scorer
+    from ..stats import bootstrap_mean_ci
+
+    src, out = dirs["recipe"], dirs["baselines"]
+    config = read_json(src / MANIFEST)["config"]
+    t = float(config["sampling"]["temperature"])
+    dims = _dims(src)
+    models: dict[str, tuple[list[dict], Path]] = {}
+    for m in ("conditioned", "uncond_sft"):
+        rows = _rows(src, m)
+        seed = min(int(r.get("seed", 0)) for r in rows)
+        models[m] = ([r for r in rows if int(r.get("seed", 0)) == seed],
+                     src / "sft" / f"{m}_s{seed}" / "final")
+    for m in TRAINED_BASELINES:
+        rows = read_jsonl(out / f"generate_{m}.jsonl")
+        for dim in dims:
+            scores = load_scorer(src / "rm" / f"{dim}-test").score(
+                [r["prompt"] for r in rows], [r["response"] for r in rows])
+            for r, v in zip(rows, scores):
+                r.setdefault("actual_test", {})[dim] = float(v)
+        models[m] = (rows, out / m / "final")
+    table, result = [], {}
+    for m, (rows, policy) in models.items():
+        g = np.array([str(r["id"]) for r in rows], dtype=object)
+        cell: dict[str, Any] = {"n": len(rows)}
+        for dim in dims:
+            a = np.array([r["actual_test"][dim] for r in rows], dtype=float)
+            lo, hi = bootstrap_mean_ci(a, 1000, 0, groups=g)
+            cell[f"mean_{dim}"] = [float(a.mean()), lo, hi]
+            top = [r for r in rows if r["targets"][dim] >= 0.8]
+            cell[f"at_top_target_{dim}"] = (float(np.mean([r["actual_test"][dim] for r in top]))
+                                            if top else None)
+        cell["entropy_per_token"] = sample_entropy(policy, rows, t)
+        kl = policy_kl(policy, config["policy"], rows)
+        cell["kl_per_reply"] = float(np.mean([k["kl"] for k in kl])) if kl else None
+        result[m] = cell
+        table.append([m, len(rows)] + [cell[f"mean_{d}"] for d in dims]
+                     + [cell[f"at_top_target_{d}"] for d in dims]
+                     + [cell["entropy_per_token"], cell["kl_per_reply"]])
+    return {"models": result, "temperature": t,
+            "table": {"columns": ["model", "replies"] + [f"mean {d}, test RM [95% CI]" for d in dims]
+                      + [f"{d} at targets >= 0.8" for d in dims]
+                      + ["entropy per token [95% CI]", "KL to the base, nats per reply"],
+                      "rows": table}}
+
+
+def _baselines_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    dims = [k.removeprefix("mean_") for k in next(iter(models.values())) if k.startswith("mean_")]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(models), 3.2))
+    width = 0.8 / max(len(dims), 1)
+    for k, dim in enumerate(dims):
+        for i, cell in enumerate(models.values()):
+            v, lo, hi = cell[f"mean_{dim}"]
+            ax.bar(i + k * width, v, width, yerr=[[v - lo], [hi - v]], capsize=3, color=f"C{k}",
+                   label=dim if i == 0 else None)
+    ax.set_xticks([i + width * (len(dims) - 1) / 2 for i in range(len(models))], list(models),
+                  fontsize=7, rotation=20)
+    ax.set_ylabel("mean reward, test RM (95% CI)")
+    ax.legend(fontsize=7)
+    return fig
+
+
 register(Experiment(
     "position", "Where should the reward block go: the top, the bottom or opening the reply? "
     "And how many prompt tokens does each position make a prefix cache recompute per target?",
@@ -807,3 +993,7 @@ register(Experiment(
     "split", "One combined reward against 2, 3 and 4 dimensions in the block (HH's four "
     "subsets): how does each dimension's control change with their number?",
     _split_variants, _split, _split_figure))
+register(Experiment(
+    "baselines", "The same prompts and steps for unconditioned SFT, chosen-only SFT, SFT on the "
+    "top rollout of n and DPO: mean reward, reward at the highest target, entropy, KL.",
+    _one_variant, _baselines, _baselines_figure, prepare=_baselines_prepare))
