@@ -191,3 +191,20 @@ def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeyp
                 list(best[k]["rewards"].values())):
             best[k] = r
     assert sorted(r["response"] for r in top) == sorted(r["response"] for r in best.values())
+
+
+@pytest.mark.slow
+def test_prompt_loss_trains_with_each_weight(tmp_path, tiny_policy, monkeypatch):
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
+    out = tmp_path / "prompt-loss"
+    assert main(["experiment", "run", "prompt-loss", "--out", str(out), "--base", str(base)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    assert {r[0] for r in result["table"]["rows"]} == {"w0", "w0.01", "w0.1"}
+    losses = {}
+    for w in ("0", "0.01", "0.1"):
+        policy = out / "variants" / f"w{w}" / "sft" / "conditioned_s0" / "final"
+        meta = json.loads((policy / "rewardprompt.json").read_text())
+        assert meta["config"]["prompt_loss_weight"] == float(w)
+        losses[w] = json.loads((policy / "sft_metrics.json").read_text())["first_loss"]
+    assert len(set(losses.values())) == 3  # the weight changes what is trained

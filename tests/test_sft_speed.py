@@ -99,3 +99,39 @@ def test_final_model_from_a_sharded_save_equals_the_merged_one(tiny_policy, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     # the merged model is plain again: its forward gives logits
     assert "forward" not in vars(merged)
+
+
+def test_prompt_loss_weight_weights_each_prompt_token(tiny_policy):
+    """prompt_loss_weight w: the loss is sum(w_t * CE_t) / sum(w_t) over every token after the
+    first (w for a prompt token, 1 for a reply token), from padded and padding-free batches."""
+    import torch.nn.functional as F
+
+    w = 0.1
+    cfg = _cfg(tiny_policy, lora=False, prompt_loss_weight=w)
+    tok, examples, new = sft_examples(cfg, ROWS, TEMPLATE)
+    plain_cfg = _cfg(tiny_policy, lora=False)
+    _, plain, _ = sft_examples(plain_cfg, ROWS, TEMPLATE)
+    for e, p in zip(examples, plain):
+        n_prompt = sum(1 for v in p["labels"] if v == -100)
+        assert e["input_ids"] == p["input_ids"] and e["labels"] == e["input_ids"]
+        assert e["loss_weights"] == [w] * n_prompt + [1.0] * (len(e["input_ids"]) - n_prompt)
+    torch.manual_seed(0)
+    model = sft_model(cfg, tok, new).eval()
+    num, den = 0.0, 0.0
+    with torch.no_grad():
+        for e in examples:
+            ids = torch.tensor([e["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1].float()  # no labels: the full forward
+            ce = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+            weights = torch.tensor(e["loss_weights"][1:])
+            num, den = num + float((ce * weights).sum()), den + float(weights.sum())
+        for padding_free in (False, True):
+            batch = sft_collator(tok, padding_free=padding_free)(examples)
+            assert batch["loss_weights"].shape == batch["labels"].shape
+            assert model(**batch).loss.item() == pytest.approx(num / den, rel=1e-5)
+        # A weight near 0 gives the completion-only loss back.
+        tiny = _cfg(tiny_policy, lora=False, prompt_loss_weight=1e-9)
+        _, near0, _ = sft_examples(tiny, ROWS, TEMPLATE)
+        completion_only = model(**sft_collator(tok, padding_free=False)(plain)).loss.item()
+        assert model(**sft_collator(tok, padding_free=False)(near0)).loss.item() == \
+            pytest.approx(completion_only, rel=1e-4)

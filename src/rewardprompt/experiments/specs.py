@@ -997,3 +997,8 @@ register(Experiment(
     "baselines", "The same prompts and steps for unconditioned SFT, chosen-only SFT, SFT on the "
     "top rollout of n and DPO: mean reward, reward at the highest target, entropy, KL.",
     _one_variant, _baselines, _baselines_figure, prepare=_baselines_prepare))
+register(Experiment(
+    "prompt-loss", "A weight on the prompt tokens' loss (0, 0.01, 0.1; the block included) "
+    "against controllability.",
+    lambda scale: [Variant(f"w{w:g}", {"sft": {"prompt_loss_weight": w}}) for w in (0.0, 0.01, 0.1)],
+    lambda d: {"table": r_table(d)}, lambda r: _bar_figure(r, "weight of the prompt tokens' loss")))

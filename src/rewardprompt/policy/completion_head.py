@@ -7,8 +7,9 @@ their backward pass are thrown away. :func:`add_completion_head` patches the mod
 that, given ``labels``, it runs the backbone, projects only the positions whose next-token label
 is not ``-100``, and returns the same cross-entropy (summed over those tokens, divided by
 ``num_items_in_batch`` when the Trainer passes it, else by their count) as
-``transformers.loss.loss_utils.ForCausalLMLoss``. Without labels the forward is the original one,
-so generation and evaluation are unchanged.
+``transformers.loss.loss_utils.ForCausalLMLoss``. Given ``loss_weights`` (a prompt-loss weight),
+each token's cross-entropy is weighted and the sum divided by the weights' sum. Without labels
+the forward is the original one, so generation and evaluation are unchanged.
 
 The patch sits on the model's own ``forward``, so every wrapper (PEFT, DDP, FSDP, DeepSpeed)
 still calls through its forward, and the backbone and head are looked up on each call, since
@@ -55,7 +56,7 @@ def add_completion_head(model: Any) -> bool:
     # Keep the original signature: Trainer reads it to decide whether to pass num_items_in_batch.
     @functools.wraps(type(model).forward)
     def forward(self: Any, *args: Any, labels: Any = None, num_items_in_batch: Any = None,
-                **kwargs: Any) -> Any:
+                loss_weights: Any = None, **kwargs: Any) -> Any:
         if labels is None:
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
@@ -67,6 +68,14 @@ def add_completion_head(model: Any) -> bool:
         targets = labels[:, 1:].to(hidden.device)
         keep = targets != IGNORE
         logits = self.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        if loss_weights is not None:  # prompt tokens weighted (SFTConfig.prompt_loss_weight)
+            w = loss_weights[:, 1:].to(hidden.device)[keep].float()
+            loss = (F.cross_entropy(logits, targets[keep], reduction="none") * w).sum()
+            # The weights' sum over the whole step (gradient accumulation: Trainer passes the
+            # step's labelled tokens), estimated from this micro-batch's mean weight.
+            total = w.sum() if num_items_in_batch is None else (
+                torch.as_tensor(num_items_in_batch, device=loss.device) * w.mean())
+            return CausalLMOutputWithPast(loss=loss / total.clamp(min=1e-8), logits=None)
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         if num_items_in_batch is None:
             loss = loss / keep.sum().clamp(min=1)

@@ -71,6 +71,9 @@ class SFTConfig:
     """Prompt budget: the oldest turns go first, the reward block and a prefill are kept."""
     max_completion_tokens: int = 64
     """Train on the first k tokens of each reply (the end-of-turn token only if it fits)."""
+    prompt_loss_weight: float = 0.0
+    """Weight of the prompt's tokens (the reward block's included) in the loss, against 1 for a
+    reply token; 0: completion-only."""
     save_steps: int = 50
     """Checkpoint interval in steps (a killed run resumes from the last one)."""
     seed: int = 0
@@ -178,7 +181,8 @@ def sft_examples(cfg: SFTConfig, rows: list[dict], template) -> tuple[Any, list[
                                  targets={d: r["rewards"][d] for d in template.dimensions}
                                  if cfg.conditioned else None,
                                  max_prompt_tokens=cfg.max_prompt_tokens,
-                                 max_completion_tokens=cfg.max_completion_tokens)
+                                 max_completion_tokens=cfg.max_completion_tokens,
+                                 prompt_loss_weight=cfg.prompt_loss_weight)
                 for r in rows]
     return tokenizer, examples, new_tokens
 
@@ -197,7 +201,9 @@ def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if completion_head:
-        add_completion_head(model)  # before PEFT, which then calls through it
+        if not add_completion_head(model) and cfg.prompt_loss_weight > 0:
+            raise ValueError(f"prompt_loss_weight needs a plain projection LM head; "
+                             f"{cfg.model}'s head does more (soft-capped or scaled logits)")
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -241,9 +247,24 @@ def sft_collator(tokenizer: Any, padding_free: bool) -> Any:
 
     from .tokenise import IGNORE
 
-    if padding_free:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+    base = (DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+            if padding_free else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE))
+
+    def collate(features: list[dict]) -> dict:
+        """The base collator, and the prompt-loss weights laid out as its labels are: padded
+        with 0 on the right, or concatenated into the one padding-free row."""
+        import torch
+
+        if "loss_weights" not in features[0]:
+            return base(features)
+        weights = [f["loss_weights"] for f in features]
+        batch = base([{k: v for k, v in f.items() if k != "loss_weights"} for f in features])
+        width = batch["labels"].shape[1]
+        rows = [sum(weights, [])] if padding_free else [w + [0.0] * (width - len(w)) for w in weights]
+        batch["loss_weights"] = torch.tensor(rows, dtype=torch.float32)
+        return batch
+
+    return collate
 
 
 def sft_trainer(cfg: SFTConfig, model: Any, tokenizer: Any, examples: list[dict], out: Path, *,

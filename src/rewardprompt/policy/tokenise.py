@@ -91,16 +91,22 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
 
 def tokenise_example(tokenizer: PreTrainedTokenizerBase, messages: list[Message], response: str,
                      *, template: RewardTemplate, targets: Targets | dict | None,
-                     max_prompt_tokens: int = 256, max_completion_tokens: int = 128) -> dict:
+                     max_prompt_tokens: int = 256, max_completion_tokens: int = 128,
+                     prompt_loss_weight: float = 0.0) -> dict:
     """``input_ids`` and ``labels`` for one (dialogue, reward targets, response) example.
 
     Prompt and reward-block tokens are labelled -100; completion tokens, the end-of-turn token
     included, keep their ids. A completion longer than ``max_completion_tokens`` is cut (and then
-    has no end-of-turn token: it did not end there).
+    has no end-of-turn token: it did not end there). With ``prompt_loss_weight`` > 0 the prompt's
+    tokens are trained too, each weighted by it against 1 for a reply token (``loss_weights``).
     """
     prompt_msgs = fit_prompt(tokenizer, messages, template, targets, max_prompt_tokens)
     prompt_ids = tokenizer(render_prompt(tokenizer, prompt_msgs), add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(render_completion(tokenizer, prompt_msgs, response),
                                add_special_tokens=False)["input_ids"][:max_completion_tokens]
+    if prompt_loss_weight > 0:
+        return {"input_ids": prompt_ids + completion_ids,
+                "labels": list(prompt_ids) + list(completion_ids),
+                "loss_weights": [prompt_loss_weight] * len(prompt_ids) + [1.0] * len(completion_ids)}
     return {"input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE] * len(prompt_ids) + list(completion_ids)}
