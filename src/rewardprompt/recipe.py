@@ -93,6 +93,9 @@ class RecipeConfig:
     of these ('' = its own start), then labelled; empty: no steered samples."""
     steer_samples: int = 2
     """Steered samples per training prompt and opener."""
+    steer_temperature: float = 1.0
+    """The steered samples' temperature (the training data's); ``sampling.temperature`` is the
+    evaluation's, so changing it changes no label and no policy."""
     eval_prompts: int = 24
     """Held-out prompts per dimension for evaluation."""
     samples_per_prompt: int = 4
@@ -259,7 +262,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
             conditioned=False, samples_per_prompt=cfg.steer_samples, prefills=list(cfg.openers),
             max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, max_new_tokens=cfg.label.max_completion_tokens,
-                             seed=cfg.seed + 1))
+                             temperature=cfg.steer_temperature, seed=cfg.seed + 1))
         samples = [str(run.path(generations_file(STEERED)))]
         run.stage("sample_steered", lambda: run_generate(steered), config=steered,
                   inputs=[steered.prompts], outputs=samples, cache=True)

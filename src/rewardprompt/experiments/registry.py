@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,7 +137,7 @@ def list_experiments(cfg: ExperimentListConfig) -> None:
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) every variant of the experiment, analyse them, write the result."""
     from ..recipe import run_recipe
-    from ..runs import Run, atomic_write_json, update_json
+    from ..runs import Run, atomic_write_json, redact, to_jsonable, update_json
 
     exp = get_experiment(cfg.name)
     out = Path(cfg.out or f"runs/experiments/{cfg.name}-{cfg.scale}")
@@ -165,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     exp.figure(result).savefig(figure, dpi=110, bbox_inches="tight")
     result["figure"] = str(figure)
     result["wall_s"] = round(run.total_wall_s(), 1)
-    result["configs"] = {n: asdict(r) for n, r in recipes.items()}
+    result["configs"] = {n: redact(to_jsonable(r)) for n, r in recipes.items()}
     atomic_write_json(out / "experiment.json", result)
     update_json(out / "metrics.json", lambda m: m.update(experiment=result))
     if cfg.report:

@@ -37,6 +37,12 @@ def r_cell(run: Path, dim: str, model: str = "conditioned", judge: str | None = 
     return [cell.get("r"), cell.get("ci_low"), cell.get("ci_high")]
 
 
+def first_seed(run: Path) -> int:
+    """The run's first policy seed: the one whose policies the analyses read and train beside."""
+    config = read_json(run / MANIFEST)["config"]
+    return int((config.get("seeds") or [config.get("seed", 0)])[0])
+
+
 def _rows(run: Path, model: str = "conditioned") -> list[dict]:
     return [r for r in read_jsonl(run / SCORES) if r["model"] == model
             and all(op == "=" for op in (r.get("target_ops") or {}).values())
@@ -142,7 +148,7 @@ def prefix_cache_tokens(run: Path) -> dict[str, Any]:
     from ..template import RewardTemplate, Target
 
     rows = _rows(run)
-    seed = min(int(r.get("seed", 0)) for r in rows)
+    seed = first_seed(run)
     policy = run / "sft" / f"conditioned_s{seed}" / "final"
     meta = read_policy_meta(policy)
     template = RewardTemplate.from_dict(meta["template"])
@@ -216,9 +222,11 @@ def sample_entropy(policy: Path, rows: list[dict], temperature: float,
         ids = tok(r["response"], add_special_tokens=False)["input_ids"]
         if not ids:
             continue
-        lp = completion_logprobs(model, tok, shown, ids)
-        if temperature > 0:
-            lp = torch.log_softmax(lp / temperature, dim=-1)
+        if temperature <= 0:  # greedy: the sampling distribution is one token
+            per_row.append(0.0)
+            groups.append(str(r["id"]))
+            continue
+        lp = torch.log_softmax(completion_logprobs(model, tok, shown, ids) / temperature, dim=-1)
         ent = -(lp.exp() * lp).nan_to_num().sum(-1)
         per_row.append(float(ent.mean()))
         groups.append(str(r["id"]))
@@ -238,7 +246,7 @@ def _temperature(dirs: dict[str, Path]) -> dict[str, Any]:
         t = float(read_json(run / MANIFEST)["config"]["sampling"]["temperature"])
         for model in ("conditioned", "uncond_sft"):
             rows = _rows(run, model)
-            seed = min(int(r.get("seed", 0)) for r in rows)
+            seed = first_seed(run)
             entropy.setdefault(v, {})[model] = sample_entropy(
                 run / "sft" / f"{model}_s{seed}" / "final",
                 [r for r in rows if int(r.get("seed", 0)) == seed], t)
@@ -261,13 +269,13 @@ def _temperature_figure(result: dict[str, Any]) -> Any:
     fig, axes = plt.subplots(1, len(dims), figsize=(3.8 * len(dims), 3.2), squeeze=False)
     for ax, dim in zip(axes[0], dims):
         for k, model in enumerate(("conditioned", "uncond_sft")):
-            pts = [(result["entropy_per_token"][r[0]][model][0], r[3][0]) for r in rows
+            pts = [(result["entropy_per_token"][r[0]][model][0], r[3][0], r[0]) for r in rows
                    if r[1] == model and r[2] == dim and r[3][0] is not None
                    and result["entropy_per_token"][r[0]][model][0] is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{k}", label=model)
-                for (x, y), r in zip(pts, [r for r in rows if r[1] == model and r[2] == dim]):
-                    ax.annotate(r[0], (x, y), fontsize=7)
+                for x, y, name in pts:
+                    ax.annotate(name, (x, y), fontsize=7)
         ax.set_xlabel("entropy per token (nats)")
         ax.set_ylabel(f"r {dim}, test RM")
         ax.legend(fontsize=7)
@@ -405,7 +413,8 @@ def _sample_efficiency_figure(result: dict[str, Any]) -> Any:
     rows = result["table"]["rows"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
-        pts = sorted((r[1], r[4]) for r in rows if r[3] == dim and r[4][0] is not None)
+        pts = sorted((r[1], r[4]) for r in rows
+                     if r[3] == dim and r[2] == "conditioned" and r[4][0] is not None)
         ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
                     yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
                     marker="o", capsize=3, color=f"C{k}", label=dim)
@@ -424,6 +433,7 @@ def _reward_distribution(dirs: dict[str, Path], max_pairs: int = 200) -> dict[st
     they reach the extremes (the original RM rarely went below 0.1 or above 0.9)."""
     from ..data.preference import read_preferences
     from ..rewards.scorer import load_scorer
+    from ..rewards.train import select_half
     from ..runs import LABELS
     from ..stats import bootstrap_mean_ci
 
@@ -432,8 +442,11 @@ def _reward_distribution(dirs: dict[str, Path], max_pairs: int = 200) -> dict[st
     out: dict[str, Any] = {"dimensions": {}}
     rows = []
     for dim in _dims(run):
-        pairs, _ = read_preferences(str(run / "data" / f"{dim}-train.jsonl"), skip_bad=True)
-        pairs = pairs[:max_pairs]
+        # The pairs the labelling RM trained on: its limit, then its half (the test RM has the other).
+        rm = read_json(run / MANIFEST)["stages"][f"rm_{dim}"]["config"]
+        pairs, _ = read_preferences(str(run / "data" / f"{dim}-train.jsonl"), skip_bad=True,
+                                    limit=rm.get("limit"))
+        pairs = select_half(pairs, rm.get("half"))[:max_pairs]
         scorer = load_scorer(run / "rm" / dim)
         chosen = np.asarray(scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs]))
         rejected = np.asarray(scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs]))
@@ -517,7 +530,7 @@ def _kl(dirs: dict[str, Path]) -> dict[str, Any]:
         rows = _rows(run, model)
         if not rows:
             continue
-        seed = min(int(r.get("seed", 0)) for r in rows)
+        seed = first_seed(run)
         per = policy_kl(run / "sft" / f"{model}_s{seed}" / "final", config["policy"],
                         [r for r in rows if int(r.get("seed", 0)) == seed])
         kl = np.array([p["kl"] for p in per])
@@ -727,9 +740,11 @@ SPLITS = {
 
 
 def _split_variants(scale: str) -> list[Variant]:
-    # The same number of labelled prompts in every variant, whatever its number of dimensions.
-    per_dim = {"demo": 40, "full": 1000}[scale]
-    return [Variant(name, {"data": data, "label_pairs": per_dim // len(data)})
+    # The same number of labelled and of test prompts in every variant, whatever its number of
+    # dimensions (drawn from its own dimensions' sources, so not the same prompts).
+    label, evals = {"demo": (40, 24), "full": (1000, 200)}[scale]
+    return [Variant(name, {"data": data, "label_pairs": label // len(data),
+                           "eval_prompts": evals // len(data)})
             for name, data in SPLITS.items()]
 
 
@@ -750,7 +765,8 @@ def _split_figure(result: dict[str, Any]) -> Any:
     rows = result["table"]["rows"]
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
-        pts = sorted((r[1], r[4]) for r in rows if r[3] == dim and r[4][0] is not None)
+        pts = sorted((r[1], r[4]) for r in rows
+                     if r[3] == dim and r[2] == "conditioned" and r[4][0] is not None)
         ax.errorbar([p[0] + 0.04 * k for p in pts], [p[1][0] for p in pts],
                     yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
                     marker="o", capsize=3, color=f"C{k}", label=dim)
@@ -846,14 +862,19 @@ def train_dpo(pairs_file: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any
     from ..device import pick_device
     from ..models import load_policy, load_tokenizer
     from ..policy.meta import write_policy_meta
-    from ..policy.tokenise import render_prompt
+    from ..policy.tokenise import fit_prompt, render_prompt
     from ..runs import publish_dir
+    from ..template import RewardTemplate
 
     set_seed(int(cfg["seed"]))
     tok = load_tokenizer(cfg["base"], padding_side="left")
     rows = read_jsonl(pairs_file)
-    dataset = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]),
-                                  "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    template = RewardTemplate.from_dict(cfg["template"])
+    # The prompt cut to the SFT baselines' budget (no block: DPO is unconditioned), so TRL's
+    # max_length drops no example; the replies are cut by TRL to the rest.
+    dataset = Dataset.from_list([{"prompt": render_prompt(tok, fit_prompt(
+        tok, r["prompt"], template, None, int(cfg["max_prompt_tokens"]))),
+        "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
     model = load_policy(cfg["base"])
     args = DPOConfig(output_dir=str(out / "trainer"), max_steps=int(cfg["steps"]),
                      per_device_train_batch_size=int(cfg["batch_size"]),
@@ -873,7 +894,8 @@ def train_dpo(pairs_file: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any
                             "method": "dpo", "max_prompt_tokens": cfg["max_prompt_tokens"],
                             "max_completion_tokens": cfg["max_completion_tokens"]})
     publish_dir(tmp, out / "final")
-    return {"pairs": len(rows), "train_loss": float(result.training_loss),
+    return {"pairs": len(rows), "pairs_trained": len(trainer.train_dataset),
+            "train_loss": float(result.training_loss),
             "steps": int(result.global_step)}
 
 
@@ -888,7 +910,7 @@ def _baselines(dirs: dict[str, Path]) -> dict[str, Any]:
     models: dict[str, tuple[list[dict], Path]] = {}
     for m in ("conditioned", "uncond_sft"):
         rows = _rows(src, m)
-        seed = min(int(r.get("seed", 0)) for r in rows)
+        seed = first_seed(src)
         models[m] = ([r for r in rows if int(r.get("seed", 0)) == seed],
                      src / "sft" / f"{m}_s{seed}" / "final")
     for m in TRAINED_BASELINES:

@@ -71,11 +71,9 @@ def add_completion_head(model: Any) -> bool:
         if loss_weights is not None:  # prompt tokens weighted (SFTConfig.prompt_loss_weight)
             w = loss_weights[:, 1:].to(hidden.device)[keep].float()
             loss = (F.cross_entropy(logits, targets[keep], reduction="none") * w).sum()
-            # The weights' sum over the whole step (gradient accumulation: Trainer passes the
-            # step's labelled tokens), estimated from this micro-batch's mean weight.
-            total = w.sum() if num_items_in_batch is None else (
-                torch.as_tensor(num_items_in_batch, device=loss.device) * w.mean())
-            return CausalLMOutputWithPast(loss=loss / total.clamp(min=1e-8), logits=None)
+            # Divided by this micro-batch's weights: exact for one batch per step on one process
+            # (SFT refuses prompt_loss_weight with gradient accumulation or several processes).
+            return CausalLMOutputWithPast(loss=loss / w.sum().clamp(min=1e-8), logits=None)
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         if num_items_in_batch is None:
             loss = loss / keep.sum().clamp(min=1)

@@ -8,6 +8,7 @@ another config is never continued (``overwrite`` starts again instead).
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,14 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     ``backend`` openai or together runs the job at that provider instead (``hosted.train``).
     """
+    if cfg.prompt_loss_weight < 0:
+        raise ValueError(f"prompt_loss_weight must be >= 0, got {cfg.prompt_loss_weight}")
+    if cfg.prompt_loss_weight > 0 and cfg.backend != "local":
+        raise ValueError("prompt_loss_weight is for local SFT; a hosted job's prompt loss is "
+                         "--hosted.train-on-prompt (what each provider can express: README)")
+    if cfg.prompt_loss_weight > 0 and (cfg.grad_accum > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ValueError("prompt_loss_weight divides by each micro-batch's weights, which is exact "
+                         "only for one batch per step on one process: use grad_accum 1, one device")
     if cfg.backend != "local":
         from ..hosted.train import train_hosted
 
@@ -200,6 +209,8 @@ def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,
     model = load_policy(cfg.model, device=torch.device("cpu"), dtype=torch.float32)
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if cfg.prompt_loss_weight > 0 and not completion_head:
+        raise ValueError("prompt_loss_weight needs the completion head (its weighted loss)")
     if completion_head:
         if not add_completion_head(model) and cfg.prompt_loss_weight > 0:
             raise ValueError(f"prompt_loss_weight needs a plain projection LM head; "

@@ -138,10 +138,21 @@ def _policy_run(cfg: ProbeDemoConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"rm": {}, "judge": {}, "dims": dims,
                            "conditioned": run / policy_dir(f"conditioned_s{seed}") / "final",
                            "uncond": run / policy_dir(f"uncond_sft_s{seed}") / "final"}
+    from .collect import CollectConfig
+
+    ours = (CollectConfig.test_fraction, CollectConfig.dev_fraction)
+    if config.get("test_data") or (config.get("test_fraction"), config.get("dev_fraction")) != ours:
+        raise DataError(f"the run splits its data otherwise than the probes (test_data, or "
+                        f"test/dev fractions other than {ours}), so its RMs may have trained on "
+                        "the probes' test pairs", file=str(manifest), field="config",
+                        code="bad_field")
     for source in cfg.sources:
         out["rm"][source] = str(run / rm_dir(dims[source]))
         test = run / rm_dir(f"{dims[source]}-test")
-        out["judge"][source] = str(test if test.is_dir() else out["rm"][source])
+        if not test.is_dir():
+            raise DataError("the run has no held-out test RM (test_rm: false), the judge of base "
+                            "vs tuned", file=str(test), code="not_found")
+        out["judge"][source] = str(test)
     needed = [Path(p) for p in (*out["rm"].values(), out["conditioned"])]
     for path in needed:
         if not path.is_dir():
@@ -188,12 +199,13 @@ def _base_vs_tuned(cfg: ProbeDemoConfig, run: Any, acts: Path, source: str, name
                              out=str(run.path("probes", f"generate_{name}", f"{label}.jsonl")),
                              max_prompt_tokens=cfg.max_prompt_tokens, sampling=sampling, **kw)
         run.stage(f"probe_generate_{name}_{label}", lambda g=gen: run_generate(g), config=gen,
-                  inputs=[prompts_file], outputs=[gen.out])
+                  inputs=[prompts_file] + ([kw["model"]] if Path(kw["model"]).exists() else []),
+                  outputs=[gen.out])
         files.append(gen.out)
     cmp_cfg = ProbeCompareConfig(probe=str(probe), generations=files, run=str(run.dir), name=name,
                                  out=str(run.path("probes", f"compare_{name}")), base="base",
                                  scorer=policy["judge"][source], classify=False,
                                  batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed)
     done = run.stage(f"probe_compare_{name}", lambda: compare(cmp_cfg), config=cmp_cfg,
-                     inputs=files + [cmp_cfg.scorer], outputs=[cmp_cfg.out])
-    return {k: done[k] for k in ("base", "probe_mean")}
+                     inputs=files + [cmp_cfg.scorer, probe], outputs=[cmp_cfg.out])
+    return {k: done[k] for k in ("base", "probe_mean")} | {"judge": cmp_cfg.scorer}
