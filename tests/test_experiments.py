@@ -30,6 +30,15 @@ def tiny_base(path: Path, policy: Path) -> Path:
     return path
 
 
+def run_tiny(name: str, tmp_path: Path, policy: Path, monkeypatch) -> tuple[Path, dict]:
+    """``experiment run NAME`` on the tiny policy with its own stage cache: (out, result)."""
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / name
+    assert main(["experiment", "run", name, "--out", str(out), "--base",
+                 str(tiny_base(tmp_path / "tiny.yaml", policy))]) == 0
+    return out, json.loads((out / "experiment.json").read_text())
+
+
 def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tmp_path, capsys):
     get_experiment("position")  # registers them all
     for exp in EXPERIMENTS.values():
@@ -62,11 +71,8 @@ def test_sample_entropy_rises_with_temperature(tiny_policy):
 
 @pytest.mark.slow
 def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypatch):
-    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
-    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
-    out = tmp_path / "exp"
-    assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base)]) == 0
-    result = json.loads((out / "experiment.json").read_text())
+    out, result = run_tiny("position", tmp_path, tiny_policy, monkeypatch)
+    base = tmp_path / "tiny.yaml"
     assert result["experiment"] == "position" and result["seeds"] == [0]
     rows = result["table"]["rows"]
     assert {r[0] for r in rows} == {"top", "bottom", "reply"}
@@ -145,11 +151,7 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
 
 @pytest.mark.slow
 def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
-    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
-    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
-    out = tmp_path / "split"
-    assert main(["experiment", "run", "split", "--out", str(out), "--base", str(base)]) == 0
-    result = json.loads((out / "experiment.json").read_text())
+    out, result = run_tiny("split", tmp_path, tiny_policy, monkeypatch)
     dims = {}
     for row in result["table"]["rows"]:
         dims.setdefault(row[0], set()).add(row[3])
@@ -166,11 +168,7 @@ def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
 
 @pytest.mark.slow
 def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeypatch):
-    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
-    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
-    out = tmp_path / "baselines"
-    assert main(["experiment", "run", "baselines", "--out", str(out), "--base", str(base)]) == 0
-    result = json.loads((out / "experiment.json").read_text())
+    out, result = run_tiny("baselines", tmp_path, tiny_policy, monkeypatch)
     models = result["models"]
     assert set(models) == {"conditioned", "uncond_sft", "chosen_sft", "best_of_n_sft", "dpo"}
     n = models["conditioned"]["n"]
@@ -195,11 +193,7 @@ def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeyp
 
 @pytest.mark.slow
 def test_prompt_loss_trains_with_each_weight(tmp_path, tiny_policy, monkeypatch):
-    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
-    base = tiny_base(tmp_path / "tiny.yaml", tiny_policy)
-    out = tmp_path / "prompt-loss"
-    assert main(["experiment", "run", "prompt-loss", "--out", str(out), "--base", str(base)]) == 0
-    result = json.loads((out / "experiment.json").read_text())
+    out, result = run_tiny("prompt-loss", tmp_path, tiny_policy, monkeypatch)
     assert {r[0] for r in result["table"]["rows"]} == {"w0", "w0.01", "w0.1"}
     losses = {}
     for w in ("0", "0.01", "0.1"):

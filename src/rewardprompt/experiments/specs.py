@@ -404,22 +404,26 @@ def _sample_efficiency(dirs: dict[str, Path]) -> dict[str, Any]:
     return {"table": table, "examples": examples}
 
 
-def _sample_efficiency_figure(result: dict[str, Any]) -> Any:
+def _r_by_x_figure(result: dict[str, Any], xlabel: str, *, log_x: bool = False,
+                   spread: float = 0.0) -> Any:
+    """r (test RM, 95% CI) of the conditioned policy against the table's column 1 (a number per
+    variant), one line per dimension; ``spread`` shifts the dimensions apart along x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["table"]["rows"]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
     for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
         pts = sorted((r[1], r[4]) for r in rows
                      if r[3] == dim and r[2] == "conditioned" and r[4][0] is not None)
-        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+        ax.errorbar([p[0] + spread * k for p in pts], [p[1][0] for p in pts],
                     yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
                     marker="o", capsize=3, color=f"C{k}", label=dim)
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("r, test RM (95% CI)")
     ax.axhline(0, color="k", lw=0.6)
     ax.legend(fontsize=7)
@@ -756,27 +760,6 @@ def _split(dirs: dict[str, Path]) -> dict[str, Any]:
     return {"table": table}
 
 
-def _split_figure(result: dict[str, Any]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["table"]["rows"]
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    for k, dim in enumerate(dict.fromkeys(r[3] for r in rows)):
-        pts = sorted((r[1], r[4]) for r in rows
-                     if r[3] == dim and r[2] == "conditioned" and r[4][0] is not None)
-        ax.errorbar([p[0] + 0.04 * k for p in pts], [p[1][0] for p in pts],
-                    yerr=[[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]],
-                    marker="o", capsize=3, color=f"C{k}", label=dim)
-    ax.set_xticks([1, 2, 3, 4])
-    ax.set_xlabel("reward dimensions in the block")
-    ax.set_ylabel("r, test RM (95% CI)")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.legend(fontsize=7)
-    return fig
-
 
 # ---------------------------------------------------------------- baselines
 #: The policies trained beside the conditioned one, on the same prompts and for the same steps.
@@ -998,7 +981,8 @@ register(Experiment(
     _one_variant, _cost, _cost_figure))
 register(Experiment(
     "sample-efficiency", "Controllability against the number of training examples.",
-    _sample_efficiency_variants, _sample_efficiency, _sample_efficiency_figure))
+    _sample_efficiency_variants, _sample_efficiency,
+    lambda r: _r_by_x_figure(r, "training examples", log_x=True)))
 register(Experiment(
     "reward-distribution", "The RMs' rewards over the training data, chosen vs rejected, and "
     "the labels the policy trains on: how much of the range do they cover?",
@@ -1014,7 +998,8 @@ register(Experiment(
 register(Experiment(
     "split", "One combined reward against 2, 3 and 4 dimensions in the block (HH's four "
     "subsets): how does each dimension's control change with their number?",
-    _split_variants, _split, _split_figure))
+    _split_variants, _split,
+    lambda r: _r_by_x_figure(r, "reward dimensions in the block", spread=0.04)))
 register(Experiment(
     "baselines", "The same prompts and steps for unconditioned SFT, chosen-only SFT, SFT on the "
     "top rollout of n and DPO: mean reward, reward at the highest target, entropy, KL.",
