@@ -30,9 +30,17 @@ def tiny_base(path: Path, policy: Path) -> Path:
     return path
 
 
-def run_tiny(name: str, tmp_path: Path, policy: Path, monkeypatch) -> tuple[Path, dict]:
-    """``experiment run NAME`` on the tiny policy with its own stage cache: (out, result)."""
-    monkeypatch.setenv("REWARDPROMPT_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def stage_cache(tmp_path_factory) -> Path:
+    """One stage cache for this file's experiments: the tiny RMs, steered samples and labels
+    are made once and restored by every later experiment, as they would be for a user."""
+    return tmp_path_factory.mktemp("stage-cache")
+
+
+def run_tiny(name: str, tmp_path: Path, policy: Path, monkeypatch, cache: Path
+             ) -> tuple[Path, dict]:
+    """``experiment run NAME`` on the tiny policy with the shared stage cache: (out, result)."""
+    monkeypatch.setenv("REWARDPROMPT_CACHE", str(cache))
     out = tmp_path / name
     assert main(["experiment", "run", name, "--out", str(out), "--base",
                  str(tiny_base(tmp_path / "tiny.yaml", policy))]) == 0
@@ -70,8 +78,8 @@ def test_sample_entropy_rises_with_temperature(tiny_policy):
 
 
 @pytest.mark.slow
-def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypatch):
-    out, result = run_tiny("position", tmp_path, tiny_policy, monkeypatch)
+def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypatch, stage_cache):
+    out, result = run_tiny("position", tmp_path, tiny_policy, monkeypatch, stage_cache)
     base = tmp_path / "tiny.yaml"
     assert result["experiment"] == "position" and result["seeds"] == [0]
     rows = result["table"]["rows"]
@@ -150,8 +158,8 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
 
 
 @pytest.mark.slow
-def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
-    out, result = run_tiny("split", tmp_path, tiny_policy, monkeypatch)
+def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch, stage_cache):
+    out, result = run_tiny("split", tmp_path, tiny_policy, monkeypatch, stage_cache)
     dims = {}
     for row in result["table"]["rows"]:
         dims.setdefault(row[0], set()).add(row[3])
@@ -167,8 +175,8 @@ def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch):
 
 
 @pytest.mark.slow
-def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeypatch):
-    out, result = run_tiny("baselines", tmp_path, tiny_policy, monkeypatch)
+def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeypatch, stage_cache):
+    out, result = run_tiny("baselines", tmp_path, tiny_policy, monkeypatch, stage_cache)
     models = result["models"]
     assert set(models) == {"conditioned", "uncond_sft", "chosen_sft", "best_of_n_sft", "dpo"}
     n = models["conditioned"]["n"]
@@ -192,8 +200,8 @@ def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeyp
 
 
 @pytest.mark.slow
-def test_prompt_loss_trains_with_each_weight(tmp_path, tiny_policy, monkeypatch):
-    out, result = run_tiny("prompt-loss", tmp_path, tiny_policy, monkeypatch)
+def test_prompt_loss_trains_with_each_weight(tmp_path, tiny_policy, monkeypatch, stage_cache):
+    out, result = run_tiny("prompt-loss", tmp_path, tiny_policy, monkeypatch, stage_cache)
     assert {r[0] for r in result["table"]["rows"]} == {"w0", "w0.01", "w0.1"}
     losses = {}
     for w in ("0", "0.01", "0.1"):
