@@ -43,6 +43,19 @@ def first_seed(run: Path) -> int:
     return int((config.get("seeds") or [config.get("seed", 0)])[0])
 
 
+def score_rows(rows: list[dict], run: Path, dims: Any, judged: bool = True) -> None:
+    """Score generated rows with the run's reward models, in place: ``actual_test`` under the
+    held-out test RMs (``judged``), else ``actual`` under the labelling RMs."""
+    from ..rewards.scorer import load_scorer
+
+    key, suffix = ("actual_test", "-test") if judged else ("actual", "")
+    for dim in dims:
+        scores = load_scorer(run / "rm" / f"{dim}{suffix}").score(
+            [r["prompt"] for r in rows], [r["response"] for r in rows])
+        for r, v in zip(rows, scores):
+            r.setdefault(key, {})[dim] = float(v)
+
+
 def _rows(run: Path, model: str = "conditioned") -> list[dict]:
     return [r for r in read_jsonl(run / SCORES) if r["model"] == model
             and all(op == "=" for op in (r.get("target_ops") or {}).values())
@@ -605,7 +618,7 @@ def _mixing_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
     src = dirs["recipe"]
     manifest = read_json(src / MANIFEST)
     config = manifest["config"]
-    seed = (config.get("seeds") or [config.get("seed", 0)])[0]
+    seed = first_seed(src)
     out = run.path("mixing")
     sampling = from_dict(SamplingConfig, dict(config["sampling"], seed=seed))
     prompts = src / "data" / EVAL_PROMPTS
@@ -660,19 +673,14 @@ def _sample_grid(policy: Path, prompts: Path, out: Path, sampling: Any) -> dict[
 
 def _reward_mixing(dirs: dict[str, Path]) -> dict[str, Any]:
     from ..probes.compare import paired_diff
-    from ..rewards.scorer import load_scorer
     from ..stats import bootstrap_mean_ci
 
     src, out = dirs["recipe"], dirs["mixing"]
     grid = read_jsonl(out / "grid.jsonl")
     mixed = read_jsonl(out / "mix_policy.jsonl")
     rows = grid + mixed
-    for key, suffix in (("actual_test", "-test"), ("actual", "")):
-        for dim in MIX:
-            scores = load_scorer(src / "rm" / f"{dim}{suffix}").score(
-                [r["prompt"] for r in rows], [r["response"] for r in rows])
-            for r, v in zip(rows, scores):
-                r.setdefault(key, {})[dim] = float(v)
+    for judged in (True, False):
+        score_rows(rows, src, MIX, judged)
     points, table = {}, []
     for key in dict.fromkeys(json_key(r) for r in grid):
         sel = [r for r in grid if json_key(r) == key]
@@ -783,7 +791,7 @@ def _baselines_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
     src = dirs["recipe"]
     manifest = read_json(src / MANIFEST)
     config = manifest["config"]
-    seed = (config.get("seeds") or [config.get("seed", 0)])[0]
+    seed = first_seed(src)
     out = run.path("baselines")
     uncond = from_dict(SFTConfig, manifest["stages"][f"sft_uncond_sft_s{seed}"]["config"])
     labels = read_jsonl(src / LABELS)
@@ -883,7 +891,6 @@ def train_dpo(pairs_file: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any
 
 
 def _baselines(dirs: dict[str, Path]) -> dict[str, Any]:
-    from ..rewards.scorer import load_scorer
     from ..stats import bootstrap_mean_ci
 
     src, out = dirs["recipe"], dirs["baselines"]
@@ -898,11 +905,7 @@ def _baselines(dirs: dict[str, Path]) -> dict[str, Any]:
                      src / "sft" / f"{m}_s{seed}" / "final")
     for m in TRAINED_BASELINES:
         rows = read_jsonl(out / f"generate_{m}.jsonl")
-        for dim in dims:
-            scores = load_scorer(src / "rm" / f"{dim}-test").score(
-                [r["prompt"] for r in rows], [r["response"] for r in rows])
-            for r, v in zip(rows, scores):
-                r.setdefault("actual_test", {})[dim] = float(v)
+        score_rows(rows, src, dims)
         models[m] = (rows, out / m / "final")
     table, result = [], {}
     for m, (rows, policy) in models.items():

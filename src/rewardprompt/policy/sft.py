@@ -8,6 +8,7 @@ another config is never continued (``overwrite`` starts again instead).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -140,20 +141,27 @@ def _last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
+def check_prompt_loss(cfg: SFTConfig) -> None:
+    """``prompt_loss_weight`` where it is exact: local SFT, one batch per step, one process (the
+    completion head divides by each micro-batch's own weights)."""
+    w = cfg.prompt_loss_weight
+    if w < 0:
+        raise ValueError(f"prompt_loss_weight must be >= 0, got {w}")
+    if w > 0 and cfg.backend != "local":
+        raise ValueError("prompt_loss_weight is for local SFT; a hosted job's prompt loss is "
+                         "--hosted.train-on-prompt (what each provider can express: README)")
+    if w > 0 and (cfg.grad_accum > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ValueError("prompt_loss_weight divides by each micro-batch's weights, which is exact "
+                         "only for one batch per step on one process: use grad_accum 1, one device")
+
+
 @recorded("sft")
 def run_sft(cfg: SFTConfig) -> dict:
     """Fine-tune and save the policy to ``out/final``; resume from the last checkpoint.
 
     ``backend`` openai or together runs the job at that provider instead (``hosted.train``).
     """
-    if cfg.prompt_loss_weight < 0:
-        raise ValueError(f"prompt_loss_weight must be >= 0, got {cfg.prompt_loss_weight}")
-    if cfg.prompt_loss_weight > 0 and cfg.backend != "local":
-        raise ValueError("prompt_loss_weight is for local SFT; a hosted job's prompt loss is "
-                         "--hosted.train-on-prompt (what each provider can express: README)")
-    if cfg.prompt_loss_weight > 0 and (cfg.grad_accum > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        raise ValueError("prompt_loss_weight divides by each micro-batch's weights, which is exact "
-                         "only for one batch per step on one process: use grad_accum 1, one device")
+    check_prompt_loss(cfg)
     if cfg.backend != "local":
         from ..hosted.train import train_hosted
 
@@ -209,12 +217,10 @@ def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,
     model = load_policy(cfg.model, device=torch.device("cpu"), dtype=torch.float32)
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    if cfg.prompt_loss_weight > 0 and not completion_head:
-        raise ValueError("prompt_loss_weight needs the completion head (its weighted loss)")
-    if completion_head:
-        if not add_completion_head(model) and cfg.prompt_loss_weight > 0:
-            raise ValueError(f"prompt_loss_weight needs a plain projection LM head; "
-                             f"{cfg.model}'s head does more (soft-capped or scaled logits)")
+    head = completion_head and add_completion_head(model)  # before PEFT, which calls through it
+    if cfg.prompt_loss_weight > 0 and not head:  # only the completion head weighs the loss
+        raise ValueError(f"prompt_loss_weight needs the completion head: off here, or {cfg.model}'s "
+                         "LM head does more than a projection (soft-capped or scaled logits)")
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -271,7 +277,8 @@ def sft_collator(tokenizer: Any, padding_free: bool) -> Any:
         weights = [f["loss_weights"] for f in features]
         batch = base([{k: v for k, v in f.items() if k != "loss_weights"} for f in features])
         width = batch["labels"].shape[1]
-        rows = [sum(weights, [])] if padding_free else [w + [0.0] * (width - len(w)) for w in weights]
+        rows = ([list(itertools.chain.from_iterable(weights))] if padding_free
+                else [w + [0.0] * (width - len(w)) for w in weights])
         batch["loss_weights"] = torch.tensor(rows, dtype=torch.float32)
         return batch
 
