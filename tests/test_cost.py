@@ -45,3 +45,33 @@ def test_shipped_table_parses_and_own_table_from_the_environment(tmp_path, monke
     own.write_text("acme:\n  read: x\n  models: {m: {train: -1}}\n")
     with pytest.raises(ValueError, match=r"acme\.m: prices \['train'\]"):
         read_prices()
+
+
+def test_stage_costs_count_what_making_each_stage_cost(tmp_path):
+    """A restored stage counts the compute of the run that made it; a provider's tokens are
+    priced from the table; a local stage is priced by the hour, with the tokens it counted."""
+    import json
+
+    from rewardprompt.cost import stage_costs
+
+    table = {**TABLE, "local": {"read": "x", "default": {"hour": 3.6}}}
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "sft.json").write_text(json.dumps({"tokens_seen": 1200}))
+    (tmp_path / "stages" / "generate.json").write_text(json.dumps({"n": 10, "mean_tokens": 4.5}))
+    hosted = {"cost": Usage("acme", "m1", trained_tokens=10**6).to_dict()}
+    (tmp_path / "stages" / "hosted.json").write_text(json.dumps(hosted))
+    manifest = {"stages": {
+        "sft": {"wall_s": 0.0, "result_file": "stages/sft.json",
+                "cached_from": {"saved_s": 100.0, "source": "/elsewhere"}},
+        "generate": {"wall_s": 20.0, "result_file": "stages/generate.json"},
+        "hosted": {"wall_s": 50.0, "result_file": "stages/hosted.json"},
+        "label": {"wall_s": 1.0}}}
+    rows = {r["stage"]: r for r in stage_costs(manifest, tmp_path, table)}
+    assert rows["sft"]["compute_s"] == 100.0 and rows["sft"]["restored"]
+    assert rows["sft"]["trained_tokens"] == 1200 and rows["sft"]["usd"] == pytest.approx(0.1)
+    assert rows["generate"]["completion_tokens"] == 45 and not rows["generate"]["restored"]
+    assert rows["generate"]["usd"] == pytest.approx(0.02)
+    assert rows["hosted"]["usd"] == 2.0 and rows["hosted"]["priced_as"] == "acme: m1"
+    assert rows["label"]["trained_tokens"] is None and rows["label"]["compute_s"] == 1.0
+    # No hourly rate for this machine: its stages are unpriced, not free.
+    assert stage_costs(manifest, tmp_path, TABLE)[0]["usd"] is None

@@ -101,3 +101,52 @@ def cost_table(stages: dict[str, dict], table: dict | None = None) -> list[dict[
         for rec in records if isinstance(records, list) else [records] if records else []:
             rows.append({"stage": name, **price(rec, table)})
     return rows
+
+
+def _local_usd(seconds: float, table: dict) -> tuple[float | None, str]:
+    """This machine's time, priced at the table's ``local`` ``hour`` (US dollars per hour)."""
+    hour = (table.get("local") or {}).get("default", {}).get("hour")
+    if hour is None:
+        return None, "unpriced"
+    return round(seconds * hour / 3600, 6), f"local, ${hour:g}/hour"
+
+
+def stage_costs(manifest: dict, run_dir: str | Path, table: dict | None = None
+                ) -> list[dict[str, Any]]:
+    """What making each stage of a run cost, one row per stage in the manifest: its compute time
+    (a stage restored from the stage cache counts the time of the run that made it, and says
+    so), its tokens, and its money. A stage whose result carries a ``cost`` record (a provider's
+    tokens) is priced from those; any other ran on this machine, and is priced at the table's
+    ``local`` ``hour`` rate for its compute time, with the tokens it counted itself (SFT's
+    trained tokens, sampling's new tokens)."""
+    from .runs import read_json
+
+    table = read_prices() if table is None else table
+    rows = []
+    for name, st in manifest.get("stages", {}).items():
+        cached = st.get("cached_from") or {}
+        compute = float(cached.get("saved_s", 0.0) if cached else st.get("wall_s") or 0.0)
+        result: Any = st.get("result")
+        if st.get("result_file") and (Path(run_dir) / st["result_file"]).is_file():
+            result = read_json(Path(run_dir) / st["result_file"])
+        result = result if isinstance(result, dict) else {}
+        row: dict[str, Any] = {"stage": name, "compute_s": round(compute, 2),
+                               "wall_s": st.get("wall_s"), "restored": bool(cached),
+                               "trained_tokens": None, "prompt_tokens": None,
+                               "completion_tokens": None}
+        records = st.get("cost") or cost_table({name: result}, table)
+        if records:
+            for kind in ("trained_tokens", "prompt_tokens", "completion_tokens"):
+                row[kind] = sum(int(c.get(kind) or 0) for c in records) or None
+            priced = [c.get("usd") for c in records]
+            row["usd"] = None if None in priced else round(sum(priced), 6)
+            row["priced_as"] = ", ".join(sorted({f"{c.get('provider')}: {c.get('priced_as')}"
+                                                 for c in records}))
+        else:
+            if result.get("tokens_seen"):
+                row["trained_tokens"] = int(result["tokens_seen"])
+            if result.get("mean_tokens") is not None and result.get("n"):
+                row["completion_tokens"] = round(result["mean_tokens"] * result["n"])
+            row["usd"], row["priced_as"] = _local_usd(compute, table)
+        rows.append(row)
+    return rows

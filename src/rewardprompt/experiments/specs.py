@@ -369,17 +369,19 @@ def _satisficing_figure(result: dict[str, Any]) -> Any:
 
 # ---------------------------------------------------------------- cost
 def _cost(dirs: dict[str, Path]) -> dict[str, Any]:
-    manifest = read_json(dirs["recipe"] / MANIFEST)
-    rows = []
-    for name, st in manifest.get("stages", {}).items():
-        costs = st.get("cost") or []
-        tokens = sum(int(c.get("trained_tokens") or 0) + int(c.get("prompt_tokens") or 0)
-                     + int(c.get("completion_tokens") or 0) for c in costs)
-        usd = sum(float(c.get("usd") or 0.0) for c in costs)
-        rows.append([name, st.get("wall_s"), bool(st.get("cached_from")), tokens or None,
-                     round(usd, 6) if costs else None])
-    return {"table": {"columns": ["stage", "wall s", "restored from cache", "API tokens",
-                                  "USD (price table)"], "rows": rows},
+    from ..cost import stage_costs
+
+    run = dirs["recipe"]
+    manifest = read_json(run / MANIFEST)
+    rows = stage_costs(manifest, run)
+    table = [[r["stage"], r["compute_s"], r["wall_s"], r["restored"], r["trained_tokens"],
+              r["prompt_tokens"], r["completion_tokens"], r["usd"], r["priced_as"]] for r in rows]
+    return {"table": {"columns": ["stage", "compute s", "wall s in this run", "restored from cache",
+                                  "trained tokens", "prompt tokens", "completion tokens",
+                                  "USD (price table)", "priced as"], "rows": table},
+            "compute_s": round(sum(r["compute_s"] for r in rows), 1),
+            "usd": round(sum(r["usd"] or 0.0 for r in rows), 6),
+            "unpriced": [r["stage"] for r in rows if r["usd"] is None],
             "total_wall_s": manifest.get("total_wall_s"),
             "peak_rss_mib": manifest.get("peak_rss_mib")}
 
@@ -392,9 +394,9 @@ def _cost_figure(result: dict[str, Any]) -> Any:
 
     rows = [r for r in result["table"]["rows"] if r[1]]
     fig, ax = plt.subplots(figsize=(5, 0.3 * len(rows) + 1))
-    ax.barh(range(len(rows)), [r[1] for r in rows], color=["C1" if r[2] else "C0" for r in rows])
+    ax.barh(range(len(rows)), [r[1] for r in rows], color=["C1" if r[3] else "C0" for r in rows])
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
-    ax.set_xlabel("wall s (orange: restored from the stage cache)")
+    ax.set_xlabel("compute s (orange: made by an earlier run, restored from the stage cache)")
     return fig
 
 
