@@ -210,3 +210,18 @@ def test_prompt_loss_trains_with_each_weight(tmp_path, tiny_policy, monkeypatch,
         assert meta["config"]["prompt_loss_weight"] == float(w)
         losses[w] = json.loads((policy / "sft_metrics.json").read_text())["first_loss"]
     assert len(set(losses.values())) == 3  # the weight changes what is trained
+
+
+@pytest.mark.slow
+def test_satisficing_trains_on_thresholds_beside_exact(tmp_path, tiny_policy, monkeypatch,
+                                                       stage_cache):
+    out, result = run_tiny("satisficing", tmp_path, tiny_policy, monkeypatch, stage_cache)
+    rows = result["table"]["rows"]
+    assert {(r[0], r[1]) for r in rows} == {(v, a) for v in ("trained_exact", "trained_at_least")
+                                           for a in ("at_least_0.7", "exact_0.7_to_1")}
+    for r in rows:
+        assert 0 <= r[4][0] <= 1 and r[6][0] > 0  # share met; entropy of what was sampled
+    meta = json.loads((out / "variants" / "trained_at_least" / "sft" / "conditioned_s0" / "final"
+                       / "rewardprompt.json").read_text())
+    assert meta["config"]["targets"] == "at_least"
+    assert set(result["entropy_per_token"]) == {"trained_exact", "trained_at_least"}

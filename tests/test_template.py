@@ -142,3 +142,28 @@ def test_dict_round_trip():
     for t in (RewardTemplate(dimensions=("a", "b"), position="top", decimals=3, duplicate=2),
               RewardTemplate(position="reply", close_tag="")):
         assert RewardTemplate.from_dict(t.to_dict()) == t
+
+
+def test_at_least_training_targets_are_met_by_their_reply():
+    """Hindsight thresholds: '>= t' with t at most the reply's reward as the block shows it,
+    drawn the same for one seed; exact mode shows the labels."""
+    import numpy as np
+
+    from rewardprompt.policy.sft import SFTConfig, training_targets
+
+    tmpl = RewardTemplate(dimensions=("helpful", "harmless"), decimals=1)
+    assert tmpl.floor(0.79) == 0.7 and tmpl.floor(0.7) == 0.7 and tmpl.floor(0.0) == 0.0
+    assert RewardTemplate(encoding="tokens", n_bins=10).floor(0.79) == 0.7
+    rows = [{"rewards": {"helpful": h, "harmless": 1 - h}} for h in np.linspace(0, 1, 21)]
+    cfg = SFTConfig(data="", out="", targets="at_least", seed=3)
+    shown = training_targets(cfg, rows, tmpl)
+    assert shown == training_targets(cfg, rows, tmpl)
+    for r, t in zip(rows, shown):
+        for d in tmpl.dimensions:
+            assert t[d].op == ">=" and t[d].value <= r["rewards"][d] + 1e-9
+            assert round(t[d].value, 1) == t[d].value
+    assert ">= " in tmpl.render(shown[-1])
+    assert len({t["helpful"].value for t in shown}) > 3  # drawn, not a constant
+    exact = training_targets(SFTConfig(data="", out=""), rows, tmpl)
+    assert exact[5] == rows[5]["rewards"]
+    assert training_targets(SFTConfig(data="", out="", conditioned=False), rows, tmpl) == [None] * 21

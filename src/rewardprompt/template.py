@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Literal, Union, get_args
+from typing import Any, Literal, Union, get_args
 
 from .chat import Message
 Position = Literal["bottom", "top", "reply"]
@@ -114,6 +114,22 @@ class RewardTemplate:
             return round(value, self.decimals)
         b = min(int(value * self.n_bins), self.n_bins - 1)
         return (b + 0.5) / self.n_bins
+
+    def floor(self, value: float) -> float:
+        """The largest value the block shows that is at most ``value`` (the lower edge of its bin
+        with the tokens encoding, whose block shows no finer)."""
+        if self.encoding == "digits":
+            scale = 10 ** self.decimals
+            return math.floor(value * scale + 1e-9) / scale
+        return min(int(value * self.n_bins), self.n_bins - 1) / self.n_bins
+
+    def at_least_targets(self, rewards: dict[str, float], rng: Any) -> Targets:
+        """Hindsight satisficing targets for a training example with these rewards: per
+        dimension '>= t', t drawn uniformly from [0, reward] (``rng``: a numpy Generator) and
+        rounded down to what the block shows, so that the reply meets every threshold it is
+        shown with."""
+        return {d: Target(self.floor(float(rng.uniform(0.0, max(0.0, min(1.0, rewards[d]))))), ">=")
+                for d in self.dimensions}
 
     def extra_tokens(self) -> list[str]:
         """New tokens the tokenizer must learn for this template (``tokens`` encoding only)."""

@@ -228,7 +228,8 @@ def sample_entropy(policy: Path, rows: list[dict], temperature: float,
     tok, model = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
     per_row, groups = [], []
     for r in rows[:max_rows]:
-        targets = ({d: Target(v) for d, v in r["targets"].items()}
+        ops = r.get("target_ops") or {}
+        targets = ({d: Target(v, ops.get(d, "=")) for d, v in r["targets"].items()}
                    if meta.get("conditioned") and template is not None else None)
         shown = fit_prompt(tok, r["prompt"], template or RewardTemplate(), targets,
                            int(meta.get("max_prompt_tokens", 192)))
@@ -331,23 +332,39 @@ def _overoptimisation(dirs: dict[str, Path]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- satisficing
+SATISFICE_AT = 0.7
+
+
 def _satisficing_variants(scale: str) -> list[Variant]:
-    return [Variant("recipe", {"satisficing": [0.7]})]
+    return [Variant("trained_exact", {"satisficing": [SATISFICE_AT]}),
+            Variant("trained_at_least", {"satisficing": [SATISFICE_AT],
+                                         "sft": {"targets": "at_least"}})]
 
 
 def _satisficing(dirs: dict[str, Path]) -> dict[str, Any]:
-    sat = _metrics(dirs["recipe"]).get("satisficing") or {}
-    rows = []
-    for key, s in sat.items():
-        for dim, cell in (s.get("dimensions") or {}).items():
-            for judge, c in cell.items():
-                if isinstance(c, dict) and "share_met" in c:
-                    rows.append([key, dim, judge, [c["share_met"], c.get("share_ci_low"),
-                                                   c.get("share_ci_high")],
-                                 [c.get("mean_actual"), c.get("mean_ci_low"),
-                                                    c.get("mean_ci_high")]])
-    return {"table": {"columns": ["asks", "dimension", "judge", "share >= x [95% CI]",
-                                  "mean reward [95% CI]"], "rows": rows}, "satisficing": sat}
+    rows, entropy = [], {}
+    for v, run in dirs.items():
+        sat = _metrics(run).get("satisficing") or {}
+        t = float(read_json(run / MANIFEST)["config"]["sampling"]["temperature"])
+        seed = first_seed(run)
+        policy = run / "sft" / f"conditioned_s{seed}" / "final"
+        scored = read_jsonl(run / SCORES)
+        for key, cell_by_dim in sat.items():
+            asked = [r for r in scored if r["model"] == key and int(r.get("seed", 0)) == seed]
+            ent = sample_entropy(policy, asked, t)
+            entropy.setdefault(v, {})[key] = ent
+            for dim, cell in (cell_by_dim.get("dimensions") or {}).items():
+                for judge, c in cell.items():
+                    if isinstance(c, dict) and "share_met" in c:
+                        rows.append([v, key, dim, judge,
+                                     [c["share_met"], c.get("share_ci_low"), c.get("share_ci_high")],
+                                     [c.get("mean_actual"), c.get("mean_ci_low"),
+                                      c.get("mean_ci_high")], ent])
+    return {"table": {"columns": ["trained on", "asks", "dimension", "judge",
+                                  "share >= x [95% CI]", "mean reward [95% CI]",
+                                  "entropy per token, nats [95% CI]"], "rows": rows},
+            "entropy_per_token": entropy, "exact_targets": r_table(dirs, ("conditioned",)),
+            "satisficing": {v: _metrics(run).get("satisficing") for v, run in dirs.items()}}
 
 
 def _satisficing_figure(result: dict[str, Any]) -> Any:
@@ -356,14 +373,16 @@ def _satisficing_figure(result: dict[str, Any]) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["table"]["rows"] if r[2] == "test_rm"]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    rows = [r for r in result["table"]["rows"] if r[3] == "test_rm"]
+    fig, ax = plt.subplots(figsize=(5.5, 0.32 * len(rows) + 1))
     for i, r in enumerate(rows):
-        v, lo, hi = r[3]
+        v, lo, hi = r[4]
         ax.barh(i, v, xerr=[[v - (lo if lo is not None else v)], [(hi if hi is not None else v) - v]],
-                color="C0" if r[0].startswith("at_least") else "C1", capsize=3)
-    ax.set_yticks(range(len(rows)), [f"{r[0]} {r[1]}" for r in rows], fontsize=7)
-    ax.set_xlabel("share of replies >= x, test RM (95% CI)")
+                color="C0" if r[1].startswith("at_least") else "C1",
+                hatch="//" if r[0] == "trained_at_least" else None, capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{r[0]}: {r[1]} {r[2]}" for r in rows], fontsize=7)
+    ax.set_xlabel("share of replies >= x, test RM (95% CI); blue: asked '>= x', orange: exact "
+                  "targets from [x, 1]", fontsize=7)
     return fig
 
 
@@ -978,8 +997,9 @@ register(Experiment(
     "conditioned model and the unconditioned SFT.",
     _temperature_variants, _temperature, _temperature_figure))
 register(Experiment(
-    "satisficing", "Trained on exact rewards, asked '>= x': the share of replies that meet x and "
-    "their mean reward, against exact targets drawn from [x, 1].",
+    "satisficing", "Trained on '>= t' targets (hindsight thresholds each reply meets) and asked "
+    "'>= x', against trained on exact rewards, asked '>= x' and given exact targets drawn from "
+    "[x, 1]: the share of replies that meet x, their mean reward and entropy.",
     _satisficing_variants, _satisficing, _satisficing_figure))
 register(Experiment(
     "cost", "What every stage costs: wall time, tokens and money (from the price table).",

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..hosted.base import HostedConfig
 from ..models import DEFAULT_POLICY
@@ -76,6 +76,10 @@ class SFTConfig:
     prompt_loss_weight: float = 0.0
     """Weight of the prompt's tokens (the reward block's included) in the loss, against 1 for a
     reply token; 0: completion-only."""
+    targets: Literal["exact", "at_least"] = "exact"
+    """What the block of a training example says: exact, its labels; at_least, hindsight
+    satisficing targets, '>= t' per dimension with t drawn uniformly from [0, label] (seeded),
+    so that the policy learns to meet thresholds rather than to hit values."""
     save_steps: int = 50
     """Checkpoint interval in steps (a killed run resumes from the last one)."""
     seed: int = 0
@@ -195,13 +199,26 @@ def sft_examples(cfg: SFTConfig, rows: list[dict], template) -> tuple[Any, list[
     if new_tokens:
         tokenizer.add_tokens(new_tokens, special_tokens=True)
     examples = [tokenise_example(tokenizer, r["prompt"], r["response"], template=template,
-                                 targets={d: r["rewards"][d] for d in template.dimensions}
-                                 if cfg.conditioned else None,
+                                 targets=t,
                                  max_prompt_tokens=cfg.max_prompt_tokens,
                                  max_completion_tokens=cfg.max_completion_tokens,
                                  prompt_loss_weight=cfg.prompt_loss_weight)
-                for r in rows]
+                for r, t in zip(rows, training_targets(cfg, rows, template))]
     return tokenizer, examples, new_tokens
+
+
+def training_targets(cfg: SFTConfig, rows: list[dict], template) -> list[Any]:
+    """The targets each training example's block shows (``cfg.targets``); None per row for an
+    unconditioned policy. The at_least thresholds are drawn with ``cfg.seed``, the same for
+    every run of one config."""
+    import numpy as np
+
+    if not cfg.conditioned:
+        return [None] * len(rows)
+    if cfg.targets == "at_least":
+        rng = np.random.default_rng(cfg.seed)
+        return [template.at_least_targets(r["rewards"], rng) for r in rows]
+    return [{d: r["rewards"][d] for d in template.dimensions} for r in rows]
 
 
 def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,
