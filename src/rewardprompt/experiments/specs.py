@@ -423,8 +423,14 @@ def _cost_figure(result: dict[str, Any]) -> Any:
 SAMPLE_SIZES = {"demo": (10, 20, 40), "full": (10, 25, 85, 250)}
 
 
+#: The second policy size: Gemma-3-270M (a base model) against the default SmolLM2-135M-Instruct,
+#: at the scale's own number of pairs.
+SECOND_POLICY = "gemma3-270m"
+
+
 def _sample_efficiency_variants(scale: str) -> list[Variant]:
-    return [Variant(f"pairs{n}", {"label_pairs": n}) for n in SAMPLE_SIZES[scale]]
+    return [Variant(f"pairs{n}", {"label_pairs": n}) for n in SAMPLE_SIZES[scale]] + [
+        Variant(SECOND_POLICY, {"policy": SECOND_POLICY})]
 
 
 def _sample_efficiency(dirs: dict[str, Path]) -> dict[str, Any]:
@@ -432,10 +438,29 @@ def _sample_efficiency(dirs: dict[str, Path]) -> dict[str, Any]:
 
     table = r_table(dirs)
     examples = {v: sum(1 for _ in (run / LABELS).open()) for v, run in dirs.items()}
+    policies = {v: read_json(run / MANIFEST)["config"]["policy"] for v, run in dirs.items()}
     for row in table["rows"]:
         row.insert(1, examples[row[0]])
     table["columns"].insert(1, "training examples")
-    return {"table": table, "examples": examples}
+    return {"table": table, "examples": examples, "policies": policies}
+
+
+def _sample_efficiency_figure(result: dict[str, Any]) -> Any:
+    """r against the training examples for the default policy (lines), the second policy size
+    as its own points (squares)."""
+    sizes = {**result, "table": {**result["table"], "rows": [
+        r for r in result["table"]["rows"] if r[0] != SECOND_POLICY]}}
+    fig = _r_by_x_figure(sizes, "training examples", log_x=True)
+    ax = fig.axes[0]
+    dims = list(dict.fromkeys(r[3] for r in sizes["table"]["rows"]))
+    for r in result["table"]["rows"]:
+        if r[0] == SECOND_POLICY and r[2] == "conditioned" and r[4][0] is not None:
+            k = dims.index(r[3]) if r[3] in dims else len(dims)
+            ax.errorbar([r[1]], [r[4][0]], yerr=[[r[4][0] - r[4][1]], [r[4][2] - r[4][0]]],
+                        marker="s", ls="none", capsize=3, color=f"C{k}",
+                        label=f"{r[3]}, {SECOND_POLICY}")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def _r_by_x_figure(result: dict[str, Any], xlabel: str, *, log_x: bool = False,
@@ -1005,9 +1030,10 @@ register(Experiment(
     "cost", "What every stage costs: wall time, tokens and money (from the price table).",
     _one_variant, _cost, _cost_figure))
 register(Experiment(
-    "sample-efficiency", "Controllability against the number of training examples.",
+    "sample-efficiency", "Controllability against the number of training examples, and "
+    "against the policy's size (SmolLM2-135M-Instruct, Gemma-3-270M).",
     _sample_efficiency_variants, _sample_efficiency,
-    lambda r: _r_by_x_figure(r, "training examples", log_x=True)))
+    _sample_efficiency_figure))
 register(Experiment(
     "reward-distribution", "The RMs' rewards over the training data, chosen vs rejected, and "
     "the labels the policy trains on: how much of the range do they cover?",
