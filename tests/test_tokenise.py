@@ -57,6 +57,21 @@ def test_truncation_keeps_block_and_masks(tok):
         assert ex["labels"][n_prompt:] == completion_ids
 
 
+@pytest.mark.parametrize("position", ["bottom", "top", "reply"])
+def test_a_duplicated_block_takes_no_room_from_the_dialogue(tok, position):
+    """The budget counts one copy of the block: 1, 2 or 4 copies keep the same dialogue."""
+    targets = {"helpful": 0.1, "harmless": 0.9}
+    long = [{"role": "user", "content": "word " * 300}] + DIALOGUE[1:]
+    kept = set()
+    for k in (1, 2, 4):
+        t = RewardTemplate(position=position, duplicate=k)
+        shown = fit_prompt(tok, long, t, targets, 80)
+        text = render_prompt(tok, shown)
+        assert text.count(RewardTemplate(position=position).render(targets)) == k
+        kept.add(text.replace("\n" + t.render(targets), "").replace(t.render(targets), ""))
+    assert len(kept) == 1
+
+
 def test_fit_prompt_refuses_impossible_budget(tok):
     with pytest.raises(ValueError, match="no room"):
         fit_prompt(tok, DIALOGUE, RewardTemplate(), {"helpful": .5, "harmless": .5}, 10)

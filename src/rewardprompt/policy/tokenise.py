@@ -9,6 +9,7 @@ through :func:`tokenise_example`.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 
@@ -59,8 +60,14 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
     reward block is put in after shortening, so it survives at either position; a prefill (a
     trailing assistant message) is kept whole and counted. A leading system message (the
     prompted-target baseline's instructions) is kept whole and not counted, so that it leaves
-    the dialogue the same budget as a prompt without it.
+    the dialogue the same budget as a prompt without it. The budget counts one copy of the
+    block: a duplicated block's other copies come on top, so that duplication takes no room
+    from the dialogue.
     """
+    budget = max_prompt_tokens
+    if targets is not None and template.duplicate > 1:
+        one = _n_tokens(tokenizer, "\n" + replace(template, duplicate=1).render(targets))
+        budget += (template.duplicate - 1) * one
     dialogue, prefill = split_prefill(messages)
     system = [dict(m) for m in dialogue[:1] if m["role"] == "system"]
     msgs = [dict(m) for m in dialogue[len(system):]]
@@ -70,7 +77,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], temp
     while True:
         with_block = template.apply(with_prefill(system + msgs, prefill), targets)
         n = _n_tokens(tokenizer, render_prompt(tokenizer, with_block)) - own
-        excess = n - max_prompt_tokens
+        excess = n - budget
         if excess <= 0:
             return with_block
         if len(msgs) > 1:
