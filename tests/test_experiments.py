@@ -67,6 +67,17 @@ def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tm
     assert "unknown experiment 'no-such-thing'" in capsys.readouterr().err
 
 
+def test_spread_rows_takes_whole_prompts_from_both_ends():
+    from rewardprompt.experiments.specs import spread_rows
+
+    rows = [{"id": f"p{i // 4}", "k": i} for i in range(96)]  # 24 prompts x 4, in file order
+    kept = spread_rows(rows, 48)
+    ids = [r["id"] for r in kept]
+    assert len(kept) == 48 and len(set(ids)) == 12 and all(ids.count(i) == 4 for i in set(ids))
+    assert "p0" in ids and "p23" in ids  # not the first half only
+    assert spread_rows(rows[:8], 48) == rows[:8]
+
+
 def test_sample_entropy_rises_with_temperature(tiny_policy):
     from rewardprompt.experiments.specs import sample_entropy
 

@@ -81,6 +81,17 @@ def binned(rows: list[dict], dim: str, key: str, n_boot: int = 1000, seed: int =
     return out
 
 
+def spread_rows(rows: list[dict], max_rows: int) -> list[dict]:
+    """At most ``max_rows`` rows: whole prompts, evenly spaced through ``rows`` (the first rows
+    of an evaluation file are one dimension's prompts only)."""
+    if len(rows) <= max_rows:
+        return rows
+    ids = list(dict.fromkeys(str(r["id"]) for r in rows))
+    k = max(1, int(max_rows // (len(rows) / len(ids))))
+    keep = {ids[i] for i in np.linspace(0, len(ids) - 1, k).round().astype(int)}
+    return [r for r in rows if str(r["id"]) in keep][:max_rows]
+
+
 def r_table(dirs: dict[str, Path], models: tuple[str, ...] = ("conditioned", "uncond_sft")
             ) -> dict[str, Any]:
     """r per variant, model and dimension, under the test RM and the labelling RM."""
@@ -213,7 +224,7 @@ def sample_entropy(policy: Path, rows: list[dict], temperature: float,
                    max_rows: int = 64) -> list[float | None]:
     """Mean per-token entropy (nats) of the sampling distribution (temperature applied) along
     the sampled replies, teacher-forced on what the policy was shown, with a bootstrap CI over
-    prompts: ``[mean, ci_low, ci_high]``. At most ``max_rows`` rows (the first)."""
+    prompts: ``[mean, ci_low, ci_high]``. At most ``max_rows`` rows (``spread_rows``)."""
     import torch
 
     from ..evaluation.kl import completion_logprobs
@@ -227,7 +238,7 @@ def sample_entropy(policy: Path, rows: list[dict], temperature: float,
     template = RewardTemplate.from_dict(meta["template"]) if "template" in meta else None
     tok, model = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
     per_row, groups = [], []
-    for r in rows[:max_rows]:
+    for r in spread_rows(rows, max_rows):
         ops = r.get("target_ops") or {}
         targets = ({d: Target(v, ops.get(d, "=")) for d, v in r["targets"].items()}
                    if meta.get("conditioned") and template is not None else None)
@@ -566,7 +577,7 @@ def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48
     ptok, pol = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
     rtok, ref = load_tokenizer(reference), load_policy(reference).eval()
     out = []
-    for r in rows[:max_rows]:
+    for r in spread_rows(rows, max_rows):
         ids = ptok(r["response"], add_special_tokens=False)["input_ids"]
         if not ids or ids != rtok(r["response"], add_special_tokens=False)["input_ids"]:
             continue
