@@ -124,6 +124,15 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
     assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base)]) == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert all(stages[f"variant_{v}"]["done"] for v in ("top", "bottom", "reply"))
+    # After a change to an analysis: analyse what is there, and say so.
+    assert main(["experiment", "run", "position", "--out", str(out), "--base", str(base),
+                 "--analyse-only"]) == 0
+    again = json.loads((out / "experiment.json").read_text())
+    assert again["table"] == result["table"] and set(again["analysed_only"]["variants_made_by"]) \
+        == {"top", "bottom", "reply"}
+    assert again["configs"]["top"]["template"]["position"] == "top"
+    assert main(["experiment", "run", "position", "--out", str(tmp_path / "empty"),
+                 "--analyse-only"]) == 2
     from rewardprompt.experiments.specs import _cost, _overoptimisation, _target_vs_actual
 
     run = {"recipe": out / "variants" / "reply"}

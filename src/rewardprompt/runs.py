@@ -31,8 +31,9 @@ from .errors import DataError
 MANIFEST = "manifest.json"
 #: Config fields a resumed run may change: where it lives, what only adds stages to it
 #: (policy seeds, baselines, satisficing thresholds) and whether the stage cache is used; every
-#: stage's own key guards what it computed, and the evaluation runs again over what is there.
-RESUMABLE = ("out", "seeds", "baselines", "satisficing", "cache")
+#: stage's own key guards what it computed, and the evaluation runs again over what is there;
+#: for an experiment, whether it builds its report and whether it only analyses what is there.
+RESUMABLE = ("out", "seeds", "baselines", "satisficing", "cache", "report", "analyse_only")
 # Where each stage writes inside a run directory: named here once, read by every stage, the
 # recipe and the report.
 LABELS = "label/train.jsonl"

@@ -114,6 +114,9 @@ class ExperimentConfig:
     policy, reward models or sizes); a preset name works too."""
     report: bool = True
     """Build OUT/report.html at the end."""
+    analyse_only: bool = False
+    """Analyse the variants OUT already holds, as they are, without running or checking them
+    against today's configs (after a change to an analysis; the result records it)."""
 
 
 @dataclass
@@ -147,6 +150,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                for v in variants}
     t0 = time.perf_counter()
     for name, recipe in recipes.items():
+        if cfg.analyse_only:
+            if not Path(recipe.out, "metrics.json").is_file():
+                raise ValueError(f"--analyse-only: {recipe.out} holds no finished run of variant "
+                                 f"{name!r} (no metrics.json); run the experiment without it first")
+            continue
         print(f"[rewardprompt] experiment {cfg.name}: variant {name} "
               f"({list(recipes).index(name) + 1}/{len(recipes)})", flush=True)
         run.stage(f"variant_{name}", lambda r=recipe: run_recipe(r), config=recipe,
@@ -165,7 +173,19 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     exp.figure(result).savefig(figure, dpi=110, bbox_inches="tight")
     result["figure"] = str(figure)
     result["wall_s"] = round(run.total_wall_s(), 1)
+    if cfg.analyse_only:
+        from ..runs import MANIFEST, git_commit, read_json
+
+        result["analysed_only"] = {"commit": git_commit(), "variants_made_by": {
+            n: sorted({st.get("git_commit") for st in read_json(
+                Path(r.out) / MANIFEST)["stages"].values() if st.get("git_commit")})
+            for n, r in recipes.items()}}
     result["configs"] = {n: redact(to_jsonable(r)) for n, r in recipes.items()}
+    if cfg.analyse_only:  # what the variants were made with, not today's configs
+        from ..runs import MANIFEST, read_json
+
+        result["configs"] = {n: read_json(Path(r.out) / MANIFEST)["config"]
+                             for n, r in recipes.items()}
     atomic_write_json(out / "experiment.json", result)
     update_json(out / "metrics.json", lambda m: m.update(experiment=result))
     if cfg.report:
