@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Union, get_args
+from typing import Literal, Union, get_args
 
 from .chat import Message
 Position = Literal["bottom", "top", "reply"]
@@ -65,6 +65,13 @@ class Target:
 
 
 Targets = dict[str, Target]
+
+
+def row_targets(row: dict) -> Targets:
+    """The targets a generated row was sampled with: its ``targets`` and their satisficing
+    operators (``target_ops``; '=' where it names none)."""
+    ops = row.get("target_ops") or {}
+    return {d: Target(float(v), ops.get(d, "=")) for d, v in row["targets"].items()}
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,21 @@ class RewardTemplate:
             return math.floor(value * scale + 1e-9) / scale
         return min(int(value * self.n_bins), self.n_bins - 1) / self.n_bins
 
-    def at_least_targets(self, rewards: dict[str, float], rng: Any) -> Targets:
-        """Hindsight satisficing targets for a training example with these rewards: per
-        dimension '>= t', t drawn uniformly from [0, reward] (``rng``: a numpy Generator) and
-        rounded down to what the block shows, so that the reply meets every threshold it is
-        shown with."""
-        return {d: Target(self.floor(float(rng.uniform(0.0, max(0.0, min(1.0, rewards[d]))))), ">=")
-                for d in self.dimensions}
+    def training_targets(self, rows: list[dict], form: str = "exact", seed: int = 0
+                         ) -> list[dict]:
+        """The targets each labelled row's block shows in training: ``exact``, its rewards;
+        ``at_least``, hindsight satisficing targets, per dimension '>= t' with t drawn uniformly
+        from [0, reward] (seeded) and rounded down to what the block shows, so that the reply
+        meets every threshold it is shown with."""
+        if form == "exact":
+            return [{d: r["rewards"][d] for d in self.dimensions} for r in rows]
+        if form != "at_least":
+            raise TemplateError(f"training targets must be exact or at_least, not {form!r}")
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        return [{d: Target(self.floor(float(rng.uniform(0.0, max(0.0, min(1.0, r["rewards"][d]))))),
+                           ">=") for d in self.dimensions} for r in rows]
 
     def extra_tokens(self) -> list[str]:
         """New tokens the tokenizer must learn for this template (``tokens`` encoding only)."""

@@ -173,19 +173,16 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     exp.figure(result).savefig(figure, dpi=110, bbox_inches="tight")
     result["figure"] = str(figure)
     result["wall_s"] = round(run.total_wall_s(), 1)
-    if cfg.analyse_only:
+    if cfg.analyse_only:  # what the variants were made with and by, not today's configs
         from ..runs import MANIFEST, git_commit, read_json
 
+        made = {n: read_json(Path(r.out) / MANIFEST) for n, r in recipes.items()}
         result["analysed_only"] = {"commit": git_commit(), "variants_made_by": {
-            n: sorted({st.get("git_commit") for st in read_json(
-                Path(r.out) / MANIFEST)["stages"].values() if st.get("git_commit")})
-            for n, r in recipes.items()}}
-    result["configs"] = {n: redact(to_jsonable(r)) for n, r in recipes.items()}
-    if cfg.analyse_only:  # what the variants were made with, not today's configs
-        from ..runs import MANIFEST, read_json
-
-        result["configs"] = {n: read_json(Path(r.out) / MANIFEST)["config"]
-                             for n, r in recipes.items()}
+            n: sorted({st["git_commit"] for st in m["stages"].values() if st.get("git_commit")})
+            for n, m in made.items()}}
+        result["configs"] = {n: m["config"] for n, m in made.items()}
+    else:
+        result["configs"] = {n: redact(to_jsonable(r)) for n, r in recipes.items()}
     atomic_write_json(out / "experiment.json", result)
     update_json(out / "metrics.json", lambda m: m.update(experiment=result))
     if cfg.report:

@@ -169,7 +169,7 @@ def prefix_cache_tokens(run: Path) -> dict[str, Any]:
     from ..models import load_tokenizer
     from ..policy.meta import read_policy_meta
     from ..policy.tokenise import fit_prompt, render_prompt
-    from ..template import RewardTemplate, Target
+    from ..template import RewardTemplate, row_targets
 
     rows = _rows(run)
     seed = first_seed(run)
@@ -181,7 +181,7 @@ def prefix_cache_tokens(run: Path) -> dict[str, Any]:
     for r in rows:
         if int(r.get("seed", 0)) != seed:
             continue
-        shown = fit_prompt(tok, r["prompt"], template, {d: Target(v) for d, v in r["targets"].items()},
+        shown = fit_prompt(tok, r["prompt"], template, row_targets(r),
                            int(meta.get("max_prompt_tokens", 192)))
         ids = tok(render_prompt(tok, shown), add_special_tokens=False)["input_ids"]
         by_prompt.setdefault(str(r["id"]), []).append(ids)
@@ -232,16 +232,15 @@ def sample_entropy(policy: Path, rows: list[dict], temperature: float,
     from ..policy.meta import read_policy_meta
     from ..policy.tokenise import fit_prompt
     from ..stats import bootstrap_mean_ci
-    from ..template import RewardTemplate, Target
+    from ..template import RewardTemplate, row_targets
 
     meta = read_policy_meta(policy)
     template = RewardTemplate.from_dict(meta["template"]) if "template" in meta else None
     tok, model = load_tokenizer(str(policy)), load_policy(str(policy)).eval()
     per_row, groups = [], []
     for r in spread_rows(rows, max_rows):
-        ops = r.get("target_ops") or {}
-        targets = ({d: Target(v, ops.get(d, "=")) for d, v in r["targets"].items()}
-                   if meta.get("conditioned") and template is not None else None)
+        targets = (row_targets(r) if meta.get("conditioned") and template is not None
+                   else None)
         shown = fit_prompt(tok, r["prompt"], template or RewardTemplate(), targets,
                            int(meta.get("max_prompt_tokens", 192)))
         ids = tok(r["response"], add_special_tokens=False)["input_ids"]
@@ -353,9 +352,9 @@ def _satisficing_variants(scale: str) -> list[Variant]:
 
 
 def _satisficing(dirs: dict[str, Path]) -> dict[str, Any]:
-    rows, entropy = [], {}
+    rows, entropy, by_variant = [], {}, {}
     for v, run in dirs.items():
-        sat = _metrics(run).get("satisficing") or {}
+        sat = by_variant[v] = _metrics(run).get("satisficing") or {}
         t = float(read_json(run / MANIFEST)["config"]["sampling"]["temperature"])
         seed = first_seed(run)
         policy = run / "sft" / f"conditioned_s{seed}" / "final"
@@ -375,7 +374,7 @@ def _satisficing(dirs: dict[str, Path]) -> dict[str, Any]:
                                   "share >= x [95% CI]", "mean reward [95% CI]",
                                   "entropy per token, nats [95% CI]"], "rows": rows},
             "entropy_per_token": entropy, "exact_targets": r_table(dirs, ("conditioned",)),
-            "satisficing": {v: _metrics(run).get("satisficing") for v, run in dirs.items()}}
+            "satisficing": by_variant}
 
 
 def _satisficing_figure(result: dict[str, Any]) -> Any:
@@ -569,7 +568,7 @@ def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48
     from ..models import load_policy, load_tokenizer
     from ..policy.meta import read_policy_meta
     from ..policy.tokenise import fit_prompt
-    from ..template import RewardTemplate, Target
+    from ..template import RewardTemplate, row_targets
 
     meta = read_policy_meta(policy)
     template = RewardTemplate.from_dict(meta["template"])
@@ -582,8 +581,7 @@ def policy_kl(policy: Path, reference: str, rows: list[dict], max_rows: int = 48
         if not ids or ids != rtok(r["response"], add_special_tokens=False)["input_ids"]:
             continue
         shown = fit_prompt(ptok, r["prompt"], template,
-                           {d: Target(v) for d, v in r["targets"].items()}
-                           if meta.get("conditioned") else None, budget)
+                           row_targets(r) if meta.get("conditioned") else None, budget)
         plain = fit_prompt(rtok, r["prompt"], template, None, budget)
         pl = completion_logprobs(pol, ptok, shown, ids).double()
         rl = completion_logprobs(ref, rtok, plain, ids).double()

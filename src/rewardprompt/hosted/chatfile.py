@@ -106,18 +106,17 @@ def with_weights(messages: list[Message], roles: tuple[str, ...]) -> list[dict]:
 
 def sft_rows(rows: list[dict], template: RewardTemplate, *, conditioned: bool,
                  max_prompt_tokens: int, tok: Any, weight_roles: tuple[str, ...],
-                 train_on_prompt: bool, source: str, targets: list | None = None) -> list[dict]:
+                 train_on_prompt: bool, source: str, targets: str = "exact",
+                 seed: int = 0) -> list[dict]:
     """Chat rows from labelled rows (prompt, response, rewards), the block in each prompt when
-    ``conditioned``: the rows' rewards, or ``targets`` (one per row, ``sft.training_targets``).
-    ``source`` names the labelled file in errors."""
+    ``conditioned``, showing ``template.training_targets(rows, targets, seed)``. ``source``
+    names the labelled file in errors."""
     check_template(template, conditioned)
+    shown = template.training_targets(rows, targets, seed) if conditioned else [None] * len(rows)
     out = []
-    for i, r in enumerate(rows):
-        shown = targets[i] if targets is not None else None
-        targets_i = shown if shown is not None else (
-            {d: r["rewards"][d] for d in template.dimensions} if conditioned else None)
+    for i, (r, t) in enumerate(zip(rows, shown)):
         try:
-            prompt = fit_prompt(tok, r["prompt"], template, targets_i, max_prompt_tokens)
+            prompt = fit_prompt(tok, r["prompt"], template, t, max_prompt_tokens)
         except ValueError as exc:  # a TemplateError too: a target outside [0, 1], no user turn
             raise DataError(f"row {i + 1}: {exc}", file=source, code="bad_prompt") from None
         messages = prompt + [{"role": "assistant", "content": r["response"]}]

@@ -102,13 +102,11 @@ def _examples(cfg: Any, backend: TrainingBackend, tok: Any
         data = in_run(cfg.run, cfg.data, LABELS)
         rows, template = read_labelled(data, dict(cfg.template), cfg.conditioned)
         check_template(template, cfg.conditioned)
-        from ..policy.sft import training_targets
-
         examples = sft_rows(rows, template, conditioned=cfg.conditioned,
                             max_prompt_tokens=cfg.max_prompt_tokens, tok=tok,
                             weight_roles=backend.weight_roles,
                             train_on_prompt=h.train_on_prompt, source=str(data),
-                            targets=training_targets(cfg, rows, template))
+                            targets=cfg.targets, seed=cfg.seed)
         return examples, template, data, {}
     if h.dpo_from == "pairs":
         if not h.dpo_data:

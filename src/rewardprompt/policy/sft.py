@@ -208,17 +208,11 @@ def sft_examples(cfg: SFTConfig, rows: list[dict], template) -> tuple[Any, list[
 
 
 def training_targets(cfg: SFTConfig, rows: list[dict], template) -> list[Any]:
-    """The targets each training example's block shows (``cfg.targets``); None per row for an
-    unconditioned policy. The at_least thresholds are drawn with ``cfg.seed``, the same for
-    every run of one config."""
-    import numpy as np
-
+    """What each training example's block shows (``RewardTemplate.training_targets`` in the
+    form ``cfg.targets``, seeded by ``cfg.seed``); None per row for an unconditioned policy."""
     if not cfg.conditioned:
         return [None] * len(rows)
-    if cfg.targets == "at_least":
-        rng = np.random.default_rng(cfg.seed)
-        return [template.at_least_targets(r["rewards"], rng) for r in rows]
-    return [{d: r["rewards"][d] for d in template.dimensions} for r in rows]
+    return template.training_targets(rows, cfg.targets, cfg.seed)
 
 
 def sft_model(cfg: SFTConfig, tokenizer: Any, new_tokens: list[str], *,

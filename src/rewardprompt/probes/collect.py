@@ -35,7 +35,7 @@ from ..errors import DataError
 from ..models import DEFAULT_POLICY
 from ..runs import (atomic_write_json, iter_jsonl, messages_error, read_json, read_rows, recorded,
                     update_metrics_entry, write_jsonl)
-from ..template import RewardTemplate, Target, TemplateError
+from ..template import RewardTemplate, Target, TemplateError, row_targets
 from .capture import check_position, default_positions, layer_name, resolve_layers
 from .store import DTYPES, FORMAT, INDEX, LABELS_FILE, shard_name, shard_plan, write_shard
 
@@ -262,12 +262,11 @@ def plan_rows(cfg: CollectConfig) -> list[PlannedRow]:
             labels.update({f"actual.{d}": float(v) for d, v in (r.get("actual") or {}).items()})
             if "reward" in r:
                 labels["reward"] = float(r["reward"])
-            ops = r.get("target_ops") or {}
             # Only a row sampled with the block is read with it: a baseline's rows record the
             # targets they were matched to, but their model never saw them.
             try:
-                targets = ({d: Target(float(v), ops.get(d, "=")) for d, v in r["targets"].items()}
-                           if r.get("targets") and r.get("conditioned", True) else None)
+                targets = (row_targets(r) if r.get("targets") and r.get("conditioned", True)
+                           else None)
             except TemplateError as exc:
                 raise DataError(str(exc), file=str(path), line=line, field="targets",
                                 code="bad_field") from None
