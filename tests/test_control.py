@@ -110,6 +110,30 @@ def test_constant_seed_is_none_and_left_out_of_the_mean(cells):
 
 
 # ---------------------------------------------------------------- satisficing
+def test_a_ready_scorer_dimension_is_judged_by_itself_beside_test_rms():
+    """A dimension labelled by a ready scorer (synthetic:length) has no held-out test RM: its r
+    is its scorer's, said so per dimension, while the others keep their test RM's."""
+    from rewardprompt.evaluation.controllability import EvaluateConfig, control_over_seeds, judge_of
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(12):
+        for _ in range(4):
+            t = {"helpful": rng.random(), "length": rng.random()}
+            rows.append({"id": p, "model": "conditioned", "seed": 0, "targets": t,
+                         "actual": {"helpful": rng.random(), "length": t["length"]},
+                         "actual_test": {"helpful": t["helpful"]}})
+    cfg = EvaluateConfig(scorers={"helpful": "rm", "length": "synthetic:length"},
+                         test_scorers={"helpful": "rm-test"}, n_boot=50)
+    control = control_over_seeds(rows, cfg)
+    assert control["judges"] == {"helpful": "test_rm", "length": "labelling_rm"}
+    assert judge_of(control, "length") == "labelling_rm" and judge_of(control, "helpful") == "test_rm"
+    helpful, length = (control["dimensions"][d]["conditioned"] for d in ("helpful", "length"))
+    assert helpful["r"] == pytest.approx(1.0) and abs(helpful["labelling_rm"]["r"]) < 0.5
+    assert length["r"] == pytest.approx(1.0) and "labelling_rm" not in length
+    assert judge_of({"judge": "test_rm"}, "helpful") == "test_rm"  # metrics from before judges
+
+
 def test_satisficing_share_and_mean():
     rng = np.random.default_rng(5)
     groups = np.repeat(np.arange(30), 3)

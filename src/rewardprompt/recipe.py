@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .backends.base import SamplingConfig
-from .evaluation.controllability import EvaluateConfig
+from .evaluation.controllability import EvaluateConfig, judge_of
 from .sampling import GenerateConfig
 from .labelling import LabelConfig
 from .models import DEFAULT_POLICY
@@ -356,7 +356,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     run.stage("report", lambda: {"report": str(build_report(run.dir))}, force=True)
     control = metrics["control"]
     return {dim: {k: (control["dimensions"][dim].get("conditioned") or {}).get(k)
-                  for k in ("r", "ci_low", "ci_high")} | {"judge": control["judge"]}
+                  for k in ("r", "ci_low", "ci_high")} | {"judge": judge_of(control, dim)}
             for dim in dims} | {"report": str(run.path("report.html"))}
 
 

@@ -131,7 +131,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     metrics = update_json(out / "metrics.json", replace_sections)
     return {d: {k: (metrics["control"]["dimensions"].get(d, {}).get(cfg.primary) or {}).get(k)
-                for k in ("r", "ci_low", "ci_high")} | {"judge": metrics["control"]["judge"]}
+                for k in ("r", "ci_low", "ci_high")} | {"judge": judge_of(metrics["control"], d)}
             for d in cfg.scorers}
 
 
@@ -149,11 +149,14 @@ def control_over_seeds(rows: list[dict], cfg: EvaluateConfig) -> dict:
     from .metrics import seed_prompt_bootstrap
 
     gidx, n_groups = group_index(np.array([str(r["id"]) for r in rows]), len(rows))
-    judge = "test_rm" if cfg.test_scorers else "labelling_rm"
+    # Each dimension is judged by its held-out test RM where it has one, else by its labelling
+    # scorer (a ready scorer such as synthetic:length has no second model to hold out).
+    judges = {dim: "test_rm" if dim in cfg.test_scorers else "labelling_rm" for dim in cfg.scorers}
     cell_rows: dict[tuple[str, int], list[int]] = {}  # (model, seed) -> its rows, in order
     for i, r in enumerate(rows):
         cell_rows.setdefault((r["model"], int(r.get("seed", 0))), []).append(i)
-    out: dict = {"judge": judge, "seeds": sorted({int(r.get("seed", 0)) for r in rows}),
+    out: dict = {"judge": "test_rm" if cfg.test_scorers else "labelling_rm", "judges": judges,
+                 "seeds": sorted({int(r.get("seed", 0)) for r in rows}),
                  "n_prompts": n_groups, "dimensions": {}, "cost": {}}
     for dim in cfg.scorers:
         section = {}
@@ -167,14 +170,21 @@ def control_over_seeds(rows: list[dict], cfg: EvaluateConfig) -> dict:
                     np.array([rows[i][key][dim] for i in idx], dtype=float), gidx[idx])
             section[name] = seed_prompt_bootstrap(cells, n_groups, primary=cfg.primary,
                                                   n_boot=cfg.n_boot, seed=cfg.seed)
-        judged = section.get(judge, {})
+        judge = judges[dim]
         out["dimensions"][dim] = {m: {**v, "labelling_rm": section["labelling_rm"].get(m)}
-                                  if judge != "labelling_rm" else v for m, v in judged.items()}
+                                  if judge != "labelling_rm" else v
+                                  for m, v in section[judge].items()}
     for model in dict.fromkeys(r["model"] for r in rows):
         costs = [r.get("cost") or {"samples": 1, "rm_calls": 0} for r in rows if r["model"] == model]
         out["cost"][model] = {"samples_per_response": float(np.mean([c["samples"] for c in costs])),
                               "rm_calls_per_response": float(np.mean([c["rm_calls"] for c in costs]))}
     return out
+
+
+def judge_of(control: dict, dim: str) -> str:
+    """Who judged ``dim`` in a control section: its own judge, or the section's (metrics written
+    before judges were recorded per dimension)."""
+    return (control.get("judges") or {}).get(dim, control["judge"])
 
 
 def reply_stats(rows: list[dict]) -> dict:
@@ -249,7 +259,7 @@ def goal(metrics: dict, dims: list[str], cfg: EvaluateConfig) -> dict:
         required = [b for b in GOAL_BASELINES if b in vs]
         r_ok = m.get("r") is not None and m["r"] >= want
         above = all(vs[b]["above_by_paired_bootstrap"] and vs[b]["cis_apart"] for b in required)
-        out[dim] = {"asked": {"r_at_least": want, "judge": control["judge"],
+        out[dim] = {"asked": {"r_at_least": want, "judge": judge_of(control, dim),
                               "split": cfg.split, "seeds": control["seeds"],
                               "above": required},
                     "measured": {"r": m.get("r"), "ci_low": m.get("ci_low"),

@@ -30,7 +30,8 @@ def _dims(run: Path) -> list[str]:
 
 def r_cell(run: Path, dim: str, model: str = "conditioned", judge: str | None = None) -> list:
     """``[r, ci_low, ci_high]`` of ``model`` in ``dim``: under the run's judge (the held-out
-    test RM), or under the labelling RM with ``judge='labelling_rm'``."""
+    test RM; for a dimension with a ready scorer, that scorer), or under the labelling RM with
+    ``judge='labelling_rm'``."""
     cell = (_metrics(run)["control"]["dimensions"].get(dim) or {}).get(model) or {}
     if judge == "labelling_rm" and "labelling_rm" in cell:
         cell = cell["labelling_rm"] or {}
@@ -795,7 +796,11 @@ def _reward_mixing_figure(result: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------- split
-#: One combined reward, then 2, 3 and 4 dimensions from HH-RLHF's four subsets.
+#: A fifth dimension beyond HH's four subsets: the reply's length in words (up to 30, about what
+#: the demo's 40 new tokens hold), scored exactly, so it has no test RM and judges itself.
+LENGTH_SCORER = "synthetic:length:30"
+#: One combined reward, then 2, 3 and 4 dimensions from HH-RLHF's four subsets, then those and a
+#: length reward (its prompts drawn from all of HH).
 SPLITS = {
     "1-combined": {"combined": "hh-all"},
     "2-dims": {"helpful": "hh-helpful", "harmless": "hh-harmless"},
@@ -803,6 +808,9 @@ SPLITS = {
                "harmless": "hh-harmless"},
     "4-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
                "helpful_rs": "hh-helpful-rejection-sampled", "harmless": "hh-harmless"},
+    "5-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
+               "helpful_rs": "hh-helpful-rejection-sampled", "harmless": "hh-harmless",
+               "length": "hh-all"},
 }
 
 
@@ -811,7 +819,8 @@ def _split_variants(scale: str) -> list[Variant]:
     # dimensions (drawn from its own dimensions' sources, so not the same prompts).
     label, evals = {"demo": (40, 24), "full": (1000, 200)}[scale]
     return [Variant(name, {"data": data, "label_pairs": label // len(data),
-                           "eval_prompts": evals // len(data)})
+                           "eval_prompts": evals // len(data)}
+                    | ({"scorers": {"length": LENGTH_SCORER}} if "length" in data else {}))
             for name, data in SPLITS.items()]
 
 
@@ -820,7 +829,9 @@ def _split(dirs: dict[str, Path]) -> dict[str, Any]:
     for row in table["rows"]:
         row.insert(1, len(_dims(dirs[row[0]])))
     table["columns"].insert(1, "dimensions")
-    return {"table": table}
+    # Who judged each row's "test RM" column: the length reward is its own judge.
+    judges = {v: _metrics(run)["control"].get("judges") or {} for v, run in dirs.items()}
+    return {"table": table, "judges": judges}
 
 
 
@@ -1057,7 +1068,8 @@ register(Experiment(
     prepare=_mixing_prepare))
 register(Experiment(
     "split", "One combined reward against 2, 3 and 4 dimensions in the block (HH's four "
-    "subsets): how does each dimension's control change with their number?",
+    "subsets) and 5 (with a length reward): how does each dimension's control change with "
+    "their number?",
     _split_variants, _split,
     lambda r: _r_by_x_figure(r, "reward dimensions in the block", spread=0.04)))
 register(Experiment(

@@ -177,6 +177,7 @@ def _control(metrics: dict) -> str:
            f"{_e(control.get('n_prompts'))} prompts of the {_e(metrics.get('eval_split') or 'unrecorded')} "
            "split. Intervals resample prompts and seeds; the difference is paired by prompt.</p>"]
     for dim, per in control["dimensions"].items():
+        own = (control.get("judges") or {}).get(dim, judge)  # a ready scorer judges itself
         rows = []
         for model, d in per.items():
             lab = d.get("labelling_rm") or {}
@@ -187,8 +188,9 @@ def _control(metrics: dict) -> str:
                          _with_ci(diff, "diff", "ci_low", "ci_high"),
                          _num(c.get("samples_per_response"), 0), _num(c.get("rm_calls_per_response"), 0),
                          _num(rep.get("finished_share"), 2), _num(rep.get("mean_tokens"), 1)])
-        out.append(f"<h3>{_e(dim)}</h3>" + _table(
-            ["model", f"r, {_e(judge)} [95% CI]", "r per seed", "r, labelling RM [95% CI]",
+        out.append(f"<h3>{_e(dim)}</h3>" + (f"<p>Judged by {_e(_JUDGES.get(own, own))}.</p>"
+                                            if own != judge else "") + _table(
+            ["model", f"r, {_e(own)} [95% CI]", "r per seed", "r, labelling RM [95% CI]",
              "primary minus model [95% CI]", "policy samples / response", "RM calls / response",
              "share that ended by itself", "mean tokens"], rows))
     return "".join(out)
