@@ -178,7 +178,7 @@ def test_position_runs_end_to_end_sharing_stages(tmp_path, tiny_policy, monkeypa
 
 
 @pytest.mark.slow
-def test_split_runs_one_to_five_dimensions(tmp_path, tiny_policy, monkeypatch, stage_cache):
+def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch, stage_cache):
     out, result = run_tiny("split", tmp_path, tiny_policy, monkeypatch, stage_cache)
     dims = {}
     for row in result["table"]["rows"]:
@@ -187,21 +187,12 @@ def test_split_runs_one_to_five_dimensions(tmp_path, tiny_policy, monkeypatch, s
                              ["config"]["data"])
     assert dims == {"1-combined": {"combined"}, "2-dims": {"helpful", "harmless"},
                     "3-dims": {"helpful_base", "helpful_online", "harmless"},
-                    "4-dims": {"helpful_base", "helpful_online", "helpful_rs", "harmless"},
-                    "5-dims": {"helpful_base", "helpful_online", "helpful_rs", "harmless",
-                               "length"}}
+                    "4-dims": {"helpful_base", "helpful_online", "helpful_rs", "harmless"}}
     # The same labelled prompts in all: label_pairs per dimension times the dimensions.
-    for name, n in (("1-combined", 1), ("2-dims", 2), ("4-dims", 4), ("5-dims", 5)):
+    for name, n in (("1-combined", 1), ("2-dims", 2), ("4-dims", 4)):
         cfg = json.loads((out / "variants" / name / "manifest.json").read_text())["config"]
         assert cfg["label_pairs"] * n == 40
-    # The length reward has no reward model: its own scorer labels and judges it.
-    five = out / "variants" / "5-dims"
-    assert not (five / "rm" / "length").exists() and not (five / "rm" / "length-test").exists()
-    assert result["judges"]["5-dims"] == {"helpful_base": "test_rm", "helpful_online": "test_rm",
-                                          "helpful_rs": "test_rm", "harmless": "test_rm",
-                                          "length": "labelling_rm"}
-    labels = [json.loads(line) for line in (five / "label" / "train.jsonl").open()]
-    assert all(0 <= row["rewards"]["length"] <= 1 for row in labels)
+    assert set(result["judges"]["4-dims"].values()) == {"test_rm"}
 
 
 @pytest.mark.slow

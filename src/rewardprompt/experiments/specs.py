@@ -796,11 +796,7 @@ def _reward_mixing_figure(result: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------- split
-#: A fifth dimension beyond HH's four subsets: the reply's length in words (up to 30, about what
-#: the demo's 40 new tokens hold), scored exactly, so it has no test RM and judges itself.
-LENGTH_SCORER = "synthetic:length:30"
-#: One combined reward, then 2, 3 and 4 dimensions from HH-RLHF's four subsets, then those and a
-#: length reward (its prompts drawn from all of HH).
+#: One combined reward, then 2, 3 and 4 dimensions from HH-RLHF's four subsets.
 SPLITS = {
     "1-combined": {"combined": "hh-all"},
     "2-dims": {"helpful": "hh-helpful", "harmless": "hh-harmless"},
@@ -808,9 +804,6 @@ SPLITS = {
                "harmless": "hh-harmless"},
     "4-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
                "helpful_rs": "hh-helpful-rejection-sampled", "harmless": "hh-harmless"},
-    "5-dims": {"helpful_base": "hh-helpful-base", "helpful_online": "hh-helpful-online",
-               "helpful_rs": "hh-helpful-rejection-sampled", "harmless": "hh-harmless",
-               "length": "hh-all"},
 }
 
 
@@ -819,8 +812,7 @@ def _split_variants(scale: str) -> list[Variant]:
     # dimensions (drawn from its own dimensions' sources, so not the same prompts).
     label, evals = {"demo": (40, 24), "full": (1000, 200)}[scale]
     return [Variant(name, {"data": data, "label_pairs": label // len(data),
-                           "eval_prompts": evals // len(data)}
-                    | ({"scorers": {"length": LENGTH_SCORER}} if "length" in data else {}))
+                           "eval_prompts": evals // len(data)})
             for name, data in SPLITS.items()]
 
 
@@ -829,7 +821,7 @@ def _split(dirs: dict[str, Path]) -> dict[str, Any]:
     for row in table["rows"]:
         row.insert(1, len(_dims(dirs[row[0]])))
     table["columns"].insert(1, "dimensions")
-    # Who judged each row's "test RM" column: the length reward is its own judge.
+    # Who judged each row's "test RM" column (a ready scorer's dimension judges itself).
     judges = {v: _metrics(run)["control"].get("judges") or {} for v, run in dirs.items()}
     return {"table": table, "judges": judges}
 
@@ -1068,8 +1060,7 @@ register(Experiment(
     prepare=_mixing_prepare))
 register(Experiment(
     "split", "One combined reward against 2, 3 and 4 dimensions in the block (HH's four "
-    "subsets) and 5 (with a length reward): how does each dimension's control change with "
-    "their number?",
+    "subsets): how does each dimension's control change with their number?",
     _split_variants, _split,
     lambda r: _r_by_x_figure(r, "reward dimensions in the block", spread=0.04)))
 register(Experiment(
