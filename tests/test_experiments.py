@@ -60,6 +60,13 @@ def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tm
                 assert cfg.eval_split == "test" and cfg.test_rm  # the locked split, the judge
     full = recipe_for(Variant("x", {"template": {"duplicate": 4}}), "full", tmp_path)
     assert full.seeds == [0, 1, 2] and full.template.duplicate == 4 and full.eval_prompts == 100
+    # The second policy size trains on the base policy's own replies: the scale's, or a --base's.
+    gemma = next(v for v in get_experiment("sample-efficiency").variants("demo")
+                 if v.name == "gemma3-270m")
+    assert recipe_for(gemma, "demo", tmp_path).steer_policy == "smollm2-135m-instruct"
+    (tmp_path / "mine.yaml").write_text("policy: my/policy-folder\n")
+    mine = recipe_for(gemma, "demo", tmp_path, base_file=str(tmp_path / "mine.yaml"))
+    assert (mine.policy, mine.steer_policy) == ("gemma3-270m", "my/policy-folder")
     assert main(["experiment", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXPERIMENTS)
@@ -188,10 +195,18 @@ def test_split_runs_one_to_four_dimensions(tmp_path, tiny_policy, monkeypatch, s
     assert dims == {"1-combined": {"combined"}, "2-dims": {"helpful", "harmless"},
                     "3-dims": {"helpful_base", "helpful_online", "harmless"},
                     "4-dims": {"helpful_base", "helpful_online", "helpful_rs", "harmless"}}
-    # The same labelled prompts in all: label_pairs per dimension times the dimensions.
-    for name, n in (("1-combined", 1), ("2-dims", 2), ("4-dims", 4)):
-        cfg = json.loads((out / "variants" / name / "manifest.json").read_text())["config"]
-        assert cfg["label_pairs"] * n == 40
+    # The same training and test prompts in every variant, so the same steered replies: made
+    # once, restored by the other variants, labelled by each variant's own reward models.
+    runs = [out / "variants" / name for name in dims]
+    for f in ("data/label_pairs.jsonl", "data/eval_prompts.jsonl", "generate/steered.jsonl"):
+        assert len({(run / f).read_bytes() for run in runs}) == 1, f
+    made = [run for run in runs if "cached_from" not in json.loads(
+        (run / "manifest.json").read_text())["stages"]["sample_steered"]]
+    assert len(made) <= 1
+    labels = {run.name: [json.loads(line) for line in (run / "label/train.jsonl").open()]
+              for run in runs}
+    assert {len(rows) for rows in labels.values()} == {len(labels["2-dims"])}
+    assert set(labels["4-dims"][0]["rewards"]) == dims["4-dims"]
     assert set(result["judges"]["4-dims"].values()) == {"test_rm"}
 
 

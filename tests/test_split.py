@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rewardprompt.cli import main
 from rewardprompt.data.preference import load_preferences, split_key, split_pairs
@@ -82,3 +83,54 @@ def test_data_split_refuses_fractions_over_one(tmp_path, capsys):
                  "0.7", "--dev-fraction", "0.5"]) == 2
     assert "dev_fraction" in capsys.readouterr().err
     assert not (tmp_path / "s" / "split.json").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_recipe_prompts_and_steer_policy_decide_what_is_sampled_and_labelled(tmp_path, monkeypatch):
+    """``prompts`` draws the policy's training and test prompts from other sources than the
+    reward dimensions' data (split the same way), and ``steer_policy`` samples and labels another
+    model's replies: what the split and sample-efficiency experiments rely on."""
+    from rewardprompt import labelling, sampling
+    from rewardprompt.recipe import RecipeConfig, run_recipe
+    from rewardprompt.runs import generations_file, write_jsonl
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _write_pairs(a, n_conversations=60, per_conversation=1)
+    b.write_text("".join(json.dumps({"prompt": f"Question {c}: which bird sings at dawn?",
+                                     "chosen": "The robin.", "rejected": "No idea."}) + "\n"
+                         for c in range(60)))
+    seen = {}
+
+    def fake_generate(cfg):
+        seen["sampled_by"] = cfg.model
+        write_jsonl(Path(cfg.run) / generations_file(cfg.label), [{"prompt": [], "response": "x"}])
+
+    def fake_label(cfg):
+        seen["clipped_by"] = cfg.policy
+        raise _Stop
+
+    monkeypatch.setattr(sampling, "run_generate", fake_generate)
+    monkeypatch.setattr(labelling, "run_label", fake_label)
+    cfg = RecipeConfig(out=str(tmp_path / "run"), data={"quality": str(a)}, prompts={"p": str(b)},
+                       scorers={"quality": "synthetic:length:10"}, test_rm=False,
+                       openers=["Sure"], label_pairs=5, eval_prompts=3, eval_split="test",
+                       policy="the-trained-one", steer_policy="the-sampled-one", cache=False)
+    try:
+        run_recipe(cfg)
+    except _Stop:
+        pass
+    assert seen == {"sampled_by": "the-sampled-one", "clipped_by": "the-sampled-one"}
+    data = tmp_path / "run" / "data"
+    label = _read(data / "label_pairs.jsonl")
+    evals = _read(data / "eval_prompts.jsonl")
+    firsts_b = {r["prompt"] for r in _read(b)}
+    assert len(label) == 5 and len(evals) == 3
+    # from b alone, and its train and test sides disjoint by the text of the first user turn
+    assert {r["prompt"][0]["content"] for r in label} <= firsts_b
+    assert {r["prompt"][0]["content"] for r in evals} <= firsts_b
+    assert not {r["prompt"][0]["content"] for r in label} & {r["prompt"][0]["content"] for r in evals}
+    # the reward model's own data stays a's, split as before
+    assert {r["prompt"][0]["content"] for r in _read(data / "quality-train.jsonl")}.isdisjoint(firsts_b)

@@ -17,7 +17,7 @@ labels and samples it shares (``stage_cache``).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -84,8 +84,13 @@ class RecipeConfig:
     """The test reward models' family (None: that of rm; another family uses its own shipped base)."""
     policy: str = DEFAULT_POLICY
     """The base policy: a shipped name, a Hub id or a folder."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Where the policy's training and evaluation prompts come from: name -> preference source,
+    label_pairs and eval_prompts from each, split as data is (empty: data's own sources). Lets
+    recipes with different reward dimensions label the very same prompts and replies."""
     label_pairs: int = 40
-    """Training pairs per dimension whose prompts the policy is trained on."""
+    """Training pairs per dimension (per prompts source, where given) whose prompts the policy
+    is trained on."""
     pair_replies: bool = False
     """Label the pairs' chosen and rejected replies too."""
     openers: list[str] = field(default_factory=list)
@@ -93,11 +98,15 @@ class RecipeConfig:
     of these ('' = its own start), then labelled; empty: no steered samples."""
     steer_samples: int = 2
     """Steered samples per training prompt and opener."""
+    steer_policy: str | None = None
+    """The model whose steered replies are labelled and trained on (None: the policy itself, so
+    on-policy data). Another model's replies let policies of several sizes train on the very
+    same labelled examples."""
     steer_temperature: float = 1.0
     """The steered samples' temperature (the training data's); ``sampling.temperature`` is the
     evaluation's, so changing it changes no label and no policy."""
     eval_prompts: int = 24
-    """Held-out prompts per dimension for evaluation."""
+    """Held-out prompts per dimension (per prompts source, where given) for evaluation."""
     samples_per_prompt: int = 4
     """Samples per evaluation prompt, each with its own drawn targets."""
     seed: int = 0
@@ -230,7 +239,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
               cache=StageCache.from_env() if cfg.cache else None)
     d, rundir = run.path("data"), str(run.dir)
     sources = {**{dim: cfg.data[dim] for dim in dims},
-               **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()}}
+               **{f"{dim}-heldout": src for dim, src in cfg.test_data.items()},
+               **{f"prompts-{name}": src for name, src in cfg.prompts.items()}}
     files = {name: source_files(src) for name, src in sources.items()}
     for name, paths in files.items():  # a resume over changed data stops here
         for i, path in enumerate(paths):
@@ -240,8 +250,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     split_files = [d / f"{dim}-{side}.jsonl" for dim in dims for side in SIDES]
     prompt_files = [d / LABEL_PAIRS, d / EVAL_PROMPTS]
     run.stage("data", lambda: write_data(cfg, d), config={k: getattr(cfg, k) for k in (
-        "data", "test_data", "test_fraction", "dev_fraction", "eval_split", "label_pairs",
-        "eval_prompts")}, inputs=inputs, outputs=split_files + prompt_files, cache=True)
+        "data", "test_data", "prompts", "test_fraction", "dev_fraction", "eval_split",
+        "label_pairs", "eval_prompts")}, inputs=inputs, outputs=split_files + prompt_files, cache=True)
 
     # Reward models: a labelling RM per dimension (the first half of its training pairs) and a
     # held-out test RM (the second half, seed + 1) that only evaluate reads.
@@ -258,7 +268,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     samples = []
     if cfg.openers and cfg.steer_samples > 0:
         steered = GenerateConfig(
-            prompts=str(d / LABEL_PAIRS), model=cfg.policy, run=rundir, label=STEERED,
+            prompts=str(d / LABEL_PAIRS), model=cfg.steer_policy or cfg.policy, run=rundir,
+            label=STEERED,
             conditioned=False, samples_per_prompt=cfg.steer_samples, prefills=list(cfg.openers),
             max_prompt_tokens=cfg.sft.max_prompt_tokens,
             sampling=replace(cfg.sampling, max_new_tokens=cfg.label.max_completion_tokens,
@@ -268,7 +279,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                   inputs=[steered.prompts], outputs=samples, cache=True)
 
     label = replace(cfg.label, pairs=[str(d / LABEL_PAIRS)] if cfg.pair_replies else [],
-                    samples=samples, scorers=scorers, run=rundir, policy=cfg.policy)
+                    samples=samples, scorers=scorers, run=rundir,
+                    policy=cfg.steer_policy or cfg.policy)
     label_out = str(run.path(LABELS))
     run.stage("label", lambda: run_label(label), config=label,
               inputs=label.pairs + samples + _paths(scorers), outputs=[label_out], cache=True)
@@ -369,45 +381,71 @@ def _paths(specs) -> list[str]:
 def write_data(cfg: RecipeConfig, d: Path) -> dict:
     """Per dimension the train / dev / test pairs by the hash split of the first user turn (a
     conversation never lands on two sides); the policy's training prompts (the first label_pairs
-    training pairs of each dimension) and the evaluation prompts (the first eval_prompts pairs of
-    the eval_split side), so that no evaluation prompt was ever trained on. Unreadable rows and
-    pairs whose chosen equals rejected are skipped and counted."""
-    from .data import assign_split, drop_identical, read_preferences, split_key, split_point
+    training pairs of each dimension, or of each prompts source) and the evaluation prompts (the
+    first eval_prompts pairs of the eval_split side), so that no evaluation prompt was ever
+    trained on. Unreadable rows and pairs whose chosen equals rejected are skipped and counted."""
+    from .data import split_key, split_point
 
-    label, evals, counts = [], [], {}
+    by_dim, counts = {}, {}
     for dim, source in cfg.data.items():
-        pairs, skipped = read_preferences(source, skip_bad=True)
-        pairs, n_identical = drop_identical(pairs, source, True)
-        sides: dict[str, list] = {side: [] for side in SIDES}
-        for p in pairs:
-            sides[assign_split(p, cfg.test_fraction, dev_fraction=cfg.dev_fraction)].append(p)
-        n_overlap = 0
+        sides, counts[dim] = _split_source(cfg, source)
         if dim in cfg.test_data:  # another source's pairs are the test side
-            held, held_skipped = read_preferences(cfg.test_data[dim], skip_bad=True)
-            held, held_identical = drop_identical(held, cfg.test_data[dim], True)
+            held, held_counts = _split_source(cfg, cfg.test_data[dim], split=False)
             # A conversation of the held-out source never lands on the other sides too.
-            keys = {split_key(p) for p in held}
+            keys = {split_key(p) for p in held["train"]}
             rest = sides["train"] + sides.pop("test")
-            sides["train"] = [p for p in rest if split_key(p) not in keys]
+            train = sorted((p for p in rest if split_key(p) not in keys), key=split_point)
             dev = [p for p in sides["dev"] if split_key(p) not in keys]
-            n_overlap = len(rest) + len(sides["dev"]) - len(sides["train"]) - len(dev)
-            sides["dev"], sides["test"] = dev, held
-            skipped += held_skipped
-            n_identical += held_identical
-        for side in SIDES:  # in hash order, so that a prefix mixes a group's files evenly
-            sides[side].sort(key=split_point)
+            counts[dim]["dropped_as_in_test_data"] = (len(rest) + len(sides["dev"]) - len(train)
+                                                      - len(dev))
+            sides = {"train": train, "dev": dev, "test": held["train"]}
+            for key in ("skipped_bad", "skipped_identical"):
+                counts[dim][key] = _add_counts(counts[dim][key], held_counts[key])
+        for side in SIDES:
             write_jsonl(d / f"{dim}-{side}.jsonl", (p.to_dict() for p in sides[side]))
-        counts[dim] = {**{side: len(sides[side]) for side in SIDES},
-                       "skipped_bad": dict(skipped), "skipped_identical": n_identical,
-                       **({"dropped_as_in_test_data": n_overlap} if dim in cfg.test_data else {})}
+            counts[dim][side] = len(sides[side])
+        by_dim[dim] = sides
+    prompt_sides = by_dim
+    if cfg.prompts:
+        prompt_sides = {}
+        for name, source in cfg.prompts.items():
+            prompt_sides[name], count = _split_source(cfg, source)
+            counts[f"prompts:{name}"] = {**{side: len(prompt_sides[name][side]) for side in SIDES},
+                                         **count}
+    label, evals = [], []
+    for name, sides in prompt_sides.items():
         if not sides[cfg.eval_split]:
-            raise ValueError(f"{dim}: the {cfg.eval_split} split is empty; nothing to evaluate on")
+            raise ValueError(f"{name}: the {cfg.eval_split} split is empty; nothing to evaluate on")
         label += sides["train"][:cfg.label_pairs]
         evals += sides[cfg.eval_split][:cfg.eval_prompts]
     write_jsonl(d / LABEL_PAIRS, (p.to_dict() for p in label))
     write_jsonl(d / EVAL_PROMPTS, ({"id": p.id, "prompt": p.prompt, "split": cfg.eval_split}
                                    for p in evals))
     return {"pairs": counts, "label_pairs": len(label), "eval_prompts": len(evals),
+            "prompts_from": list(prompt_sides),
             "eval_split": cfg.eval_split,
             "rule": "sha256('rewardprompt' + first user turn) in [0, 1): below test_fraction "
                     "test, below test_fraction + dev_fraction dev, else train"}
+
+
+def _split_source(cfg: RecipeConfig, source: str, split: bool = True) -> tuple[dict, dict]:
+    """A source's readable, non-identical pairs by the hash split (each side in hash order, so
+    that a prefix mixes a group's files evenly); unsplit, all of them under ``train``."""
+    from .data import assign_split, drop_identical, read_preferences, split_point
+
+    pairs, skipped = read_preferences(source, skip_bad=True)
+    pairs, n_identical = drop_identical(pairs, source, True)
+    sides: dict[str, list] = {side: [] for side in SIDES}
+    for p in pairs:
+        side = assign_split(p, cfg.test_fraction, dev_fraction=cfg.dev_fraction) if split else "train"
+        sides[side].append(p)
+    for side in SIDES:
+        sides[side].sort(key=split_point)
+    return sides, {"skipped_bad": dict(skipped), "skipped_identical": n_identical}
+
+
+def _add_counts(a: Any, b: Any) -> Any:
+    """Two skip counts added: numbers, or dicts of reason -> number."""
+    if isinstance(a, dict):
+        return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+    return a + b

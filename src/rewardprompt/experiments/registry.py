@@ -30,6 +30,11 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
+#: An override's value that stands for the base recipe's policy (the scale's, or the one a
+#: user's --base names), e.g. to train another policy on the base policy's own replies.
+BASE_POLICY = "<base policy>"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One recipe run of an experiment: its name and its overrides of the scale's config."""
@@ -88,7 +93,9 @@ def recipe_for(variant: Variant, scale: str, out: Path, seeds: list[int] | None 
     d = merge(RecipeConfig, read_config(RecipeConfig, base.pop("include")), base)
     if base_file:
         d = merge(RecipeConfig, d, read_config(RecipeConfig, base_file))
-    d = merge(RecipeConfig, d, variant.overrides)
+    base_policy = d.get("policy") or RecipeConfig.__dataclass_fields__["policy"].default
+    d = merge(RecipeConfig, d, {k: base_policy if v == BASE_POLICY else v
+                                for k, v in variant.overrides.items()})
     d["out"] = str(out / "variants" / variant.name)
     if seeds:
         d["seeds"] = list(seeds)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..runs import MANIFEST, SCORES, read_json, read_jsonl
-from .registry import Experiment, Variant, register
+from .registry import BASE_POLICY, Experiment, Variant, register
 
 #: Target bins of the binned figures.
 BINS = np.linspace(0.0, 1.0, 6)
@@ -435,13 +435,14 @@ SAMPLE_SIZES = {"demo": (10, 20, 40), "full": (10, 25, 85, 250)}
 
 
 #: The second policy size: Gemma-3-270M (a base model) against the default SmolLM2-135M-Instruct,
-#: at the scale's own number of pairs.
+#: at the scale's own number of pairs, trained on the very same labelled replies (SmolLM2's), so
+#: that only the size differs.
 SECOND_POLICY = "gemma3-270m"
 
 
 def _sample_efficiency_variants(scale: str) -> list[Variant]:
     return [Variant(f"pairs{n}", {"label_pairs": n}) for n in SAMPLE_SIZES[scale]] + [
-        Variant(SECOND_POLICY, {"policy": SECOND_POLICY})]
+        Variant(SECOND_POLICY, {"policy": SECOND_POLICY, "steer_policy": BASE_POLICY})]
 
 
 def _sample_efficiency(dirs: dict[str, Path]) -> dict[str, Any]:
@@ -807,12 +808,17 @@ SPLITS = {
 }
 
 
+#: Where every split variant's training and evaluation prompts come from, whatever its reward
+#: dimensions: the same prompts, so the same steered replies, labelled by 1, 2, 3 or 4 RMs.
+SPLIT_PROMPTS = {"helpful": "hh-helpful", "harmless": "hh-harmless"}
+
+
 def _split_variants(scale: str) -> list[Variant]:
-    # The same number of labelled and of test prompts in every variant, whatever its number of
-    # dimensions (drawn from its own dimensions' sources, so not the same prompts).
-    label, evals = {"demo": (40, 24), "full": (1000, 200)}[scale]
-    return [Variant(name, {"data": data, "label_pairs": label // len(data),
-                           "eval_prompts": evals // len(data)})
+    # Every variant trains on the same replies to the same prompts and is judged on the same test
+    # prompts; only the reward models that label and judge them, and so the block, differ.
+    label, evals = {"demo": (20, 12), "full": (500, 100)}[scale]
+    return [Variant(name, {"data": data, "prompts": SPLIT_PROMPTS, "label_pairs": label,
+                           "eval_prompts": evals})
             for name, data in SPLITS.items()]
 
 
@@ -930,7 +936,12 @@ def train_dpo(pairs_file: Path, out: Path, cfg: dict[str, Any]) -> dict[str, Any
                      learning_rate=float(cfg["lr"]), beta=float(cfg["beta"]), seed=int(cfg["seed"]),
                      max_length=int(cfg["max_prompt_tokens"]) + int(cfg["max_completion_tokens"]),
                      use_cpu=pick_device().type != "cuda", report_to="none", save_strategy="no",
-                     logging_steps=max(1, int(cfg["steps"]) // 5), dataloader_num_workers=0)
+                     logging_steps=max(1, int(cfg["steps"]) // 5), dataloader_num_workers=0,
+                     # The reference (the adapter switched off) is fixed: its log-probs are
+                     # computed once per pair, not at every step of every epoch. A model this
+                     # size needs no gradient checkpointing (TRL's default), which recomputes
+                     # each forward pass in the backward one; the SFT policies run without it.
+                     precompute_ref_log_probs=True, gradient_checkpointing=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          peft_config=LoraConfig(r=int(cfg["lora_r"]), lora_alpha=2 * int(cfg["lora_r"]),
                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
