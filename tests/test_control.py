@@ -16,7 +16,7 @@ from rewardprompt import runs
 from rewardprompt.evaluation.baselines import (BestOfConfig, best_of_n, best_of_n_list, check_baselines,
                                                opener_means, run_best_of)
 from rewardprompt.evaluation.metrics import satisficing, seed_prompt_bootstrap
-from rewardprompt.labelling import imitation_bound, label_spread
+from rewardprompt.labelling import imitation_bound, judged_bounds, label_spread
 from rewardprompt.runs import Run, read_jsonl, write_jsonl
 from rewardprompt.sampling import draw_targets, nearest_opener, targets_in_words
 from rewardprompt.template import RewardTemplate, Target
@@ -385,6 +385,34 @@ def test_imitation_bound_dense_vs_single_reply():
     assert r_dense > 0.97
     assert abs(r_single) < 0.3
     assert imitation_bound(_labelled("p", [0.4, 0.4]), ["helpful"])["helpful"]["imitation_r"] is None
+
+
+def test_judged_bounds_follow_the_judge_and_pick_openers_by_their_mean_label():
+    rng = np.random.default_rng(0)
+    # 30 prompts x 2 openers x 2 replies; the opener decides the label (0.2 or 0.8, +- noise)
+    rows = [{"prompt": [{"role": "user", "content": f"q{k}"}], "response": f"{o}{i}",
+             "prefill": o, "rewards": {"helpful": (0.2 if o == "No" else 0.8)
+                                       + float(rng.normal(0, 0.05))}}
+            for k in range(30) for o in ("No", "Yes") for i in range(2)]
+    agrees = [dict(r["rewards"]) for r in rows]
+    noise = [{"helpful": float(rng.random())} for _ in rows]
+    same = judged_bounds(rows, agrees, ["helpful"])["helpful"]
+    assert same["label_vs_judge_r"] == pytest.approx(1.0)
+    assert same["imitation_r_judged"] == pytest.approx(same["imitation_r"])
+    assert same["imitation_r"] == imitation_bound(rows, ["helpful"])["helpful"]["imitation_r"]
+    # two openers whose labels sit at 0.2 and 0.8: picking by the mean gives a clear r
+    assert same["opener_r"] > 0.7 and same["opener_r_judged"] == pytest.approx(same["opener_r"])
+    lost = judged_bounds(rows, noise, ["helpful"])["helpful"]
+    assert abs(lost["label_vs_judge_r"]) < 0.3 and abs(lost["imitation_r_judged"]) < 0.3
+    assert abs(lost["opener_r_judged"]) < 0.3 and lost["opener_r"] == same["opener_r"]
+    # the within-prompt agreement ignores what the prompts share
+    shifted = [{"helpful": a["helpful"] + 10.0 * (int(r["prompt"][0]["content"][1:]) % 2)}
+               for r, a in zip(rows, agrees)]
+    assert judged_bounds(rows, shifted, ["helpful"])["helpful"]["label_vs_judge_r_within"] == \
+        pytest.approx(1.0)
+    # without the openers recorded, no opener bound
+    assert "opener_r" not in judged_bounds([{**r, "prefill": None} for r in rows], agrees,
+                                           ["helpful"])["helpful"]
 
 
 # ---------------------------------------------------------------- recipe: write_data

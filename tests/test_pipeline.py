@@ -80,6 +80,9 @@ def test_every_stage_and_outputs(clean_run):
         assert g["met"] == (g["r_met"] and g["above_met"])
         for key in ("between_prompt_std", "within_prompt_std", "imitation_r"):
             assert key in metrics["labels"][dim]
+        # what the labels allow under the judge: the test RM scored the training replies too
+        for key in ("label_vs_judge_r", "imitation_r_judged", "opener_r_judged"):
+            assert key in metrics["labels_judged"][dim]
     assert metrics["control"]["cost"]["best_of_4"] == {"samples_per_response": 4.0,
                                                        "rm_calls_per_response": 8.0}
     assert 0.0 <= metrics["replies"]["conditioned"]["finished_share"] <= 1.0
@@ -106,6 +109,7 @@ def test_every_stage_and_outputs(clean_run):
     html = (clean_run / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "r, test RM" in html  # the labelling-vs-test RM table was filled
+    assert "What the labels allow under the judge" in html
     assert "<b>Asked:</b>" in html and "<b>Result:</b>" in html  # the goal, in words
     # held-out prompts were never trained on: the sides are disjoint by their first user turn
     first = lambda p: next(m["content"] for m in p if m["role"] == "user")  # noqa: E731

@@ -136,27 +136,111 @@ def label_spread(rows: list[dict], dim: str) -> dict:
             "replies_per_prompt": float(size.mean())}
 
 
+def _nearest(groups: np.ndarray, feats: np.ndarray, draws: int, rng: Any
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, ``draws`` targets drawn uniformly and independently per column, and for each
+    the index of the group's row whose ``feats`` are nearest them: (targets, indices)."""
+    t_all, idx_all = [], []
+    for k in range(int(groups.max()) + 1):
+        members = np.flatnonzero(groups == k)
+        t = rng.random((draws, feats.shape[1]))
+        idx_all.append(members[((feats[members][None] - t[:, None]) ** 2).sum(-1).argmin(1)])
+        t_all.append(t)
+    return np.concatenate(t_all), np.concatenate(idx_all)
+
+
+def _r(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson's r, or None where either side is constant."""
+    return float(np.corrcoef(x, y)[0, 1]) if np.ptp(x) > 0 and np.ptp(y) > 0 else None
+
+
 def imitation_bound(rows: list[dict], dims: list[str], draws: int = 20, seed: int = 0) -> dict:
     """The r a policy that imitates its training data could reach: for each training prompt and
     targets drawn uniformly and independently per dimension, the prompt's labelled reply whose
     labels are nearest the targets; r of target against that reply's label, per dimension
     (in-sample, so an upper estimate for these replies; 'imitation_r')."""
+    labels = np.array([[r["rewards"][d] for d in dims] for r in rows], dtype=float)
+    t, idx = _nearest(_prompt_groups(rows), labels, draws, np.random.default_rng(seed))
+    return {d: {"imitation_r": _r(t[:, j], labels[idx, j])} for j, d in enumerate(dims)}
+
+
+def judged_bounds(rows: list[dict], judged: list[dict], dims: list[str], draws: int = 20,
+                  seed: int = 0) -> dict:
+    """What the labels allow under the judge (the held-out test RMs), per dimension, on the
+    labelled replies ``rows`` with their judged rewards ``judged`` (one dict per row):
+
+    - ``label_vs_judge_r``: r of label and judged reward over the replies, and
+      ``label_vs_judge_r_within``: the same within prompts (each minus its prompt's mean), the
+      part a policy can steer;
+    - ``imitation_r`` / ``imitation_r_judged``: a perfect imitator of the data (the reply with
+      the nearest labels, as :func:`imitation_bound`), r of target against the chosen reply's
+      label / judged reward;
+    - ``opener_r`` / ``opener_r_judged``: a policy that only picks the opener (per prompt, the
+      opener whose replies' mean labels are nearest the targets), r of target against those
+      replies' mean label / mean judged reward; only where the rows carry their opener.
+
+    All in-sample, on the training prompts: upper estimates of what these replies allow."""
     g = _prompt_groups(rows)
     labels = np.array([[r["rewards"][d] for d in dims] for r in rows], dtype=float)
-    rng = np.random.default_rng(seed)
-    t_all, a_all = [], []
-    for k in range(int(g.max()) + 1):
-        cand = labels[g == k]
-        t = rng.random((draws, len(dims)))
-        pick = ((cand[None, :, :] - t[:, None, :]) ** 2).sum(-1).argmin(1)
-        t_all.append(t)
-        a_all.append(cand[pick])
-    t, a = np.concatenate(t_all), np.concatenate(a_all)
-    out = {}
+    judge = np.array([[j[d] for d in dims] for j in judged], dtype=float)
+    out: dict[str, dict] = {}
     for j, d in enumerate(dims):
-        r = np.corrcoef(t[:, j], a[:, j])[0, 1] if np.ptp(a[:, j]) > 0 else float("nan")
-        out.setdefault(d, {})["imitation_r"] = None if np.isnan(r) else float(r)
+        within = [x - (np.bincount(g, weights=x) / np.bincount(g))[g] for x in (labels[:, j],
+                                                                                 judge[:, j])]
+        out[d] = {"label_vs_judge_r": _r(labels[:, j], judge[:, j]),
+                  "label_vs_judge_r_within": _r(*within)}
+    t, idx = _nearest(g, labels, draws, np.random.default_rng(seed))
+    for j, d in enumerate(dims):
+        out[d].update(imitation_r=_r(t[:, j], labels[idx, j]),
+                      imitation_r_judged=_r(t[:, j], judge[idx, j]))
+    if all(r.get("prefill") is not None for r in rows):
+        opener = np.unique([r["prefill"] for r in rows], return_inverse=True)[1].reshape(-1)
+        _, first, units = np.unique(np.stack([g, opener], 1), axis=0, return_index=True,
+                                    return_inverse=True)
+        units, size = units.reshape(-1), np.bincount(units.reshape(-1)).astype(float)
+        unit_labels, unit_judge = (np.stack([np.bincount(units, weights=x[:, k]) / size
+                                             for k in range(len(dims))], 1)
+                                   for x in (labels, judge))
+        t, idx = _nearest(g[first], unit_labels, draws, np.random.default_rng(seed))
+        for j, d in enumerate(dims):
+            out[d].update(opener_r=_r(t[:, j], unit_labels[idx, j]),
+                          opener_r_judged=_r(t[:, j], unit_judge[idx, j]))
     return out
+
+
+@dataclass
+class JudgeLabelsConfig:
+    """Score the labelled replies with the held-out test RMs: what the labels allow under the
+    judge (``metrics.json: labels_judged``). The judge's scores are written beside the labels,
+    never into them: no policy trains on them."""
+
+    labels: str
+    """The labelled set (label/train.jsonl)."""
+    judges: dict[str, str] = field(default_factory=dict)
+    """Dimension -> the held-out test scorer."""
+    run: str | None = None
+    """The run directory (the judged scores go to RUN/label/judged.jsonl)."""
+    seed: int = 0
+
+
+#: The labelled replies' rewards under the held-out test RMs, row by row with label/train.jsonl.
+JUDGED_LABELS = "label/judged.jsonl"
+
+
+def run_judge_labels(cfg: JudgeLabelsConfig) -> dict:
+    rows = read_rows(cfg.labels, {"prompt": messages_error, "response": str,
+                                  **{f"rewards.{d}": float for d in cfg.judges}},
+                     what="labelled replies", optional={"prefill": str})
+    judged: list[dict] = [{} for _ in rows]
+    for dim, spec in cfg.judges.items():
+        scores = scorer_for(spec).score([r["prompt"] for r in rows], [r["response"] for r in rows])
+        for j, v in zip(judged, scores):
+            j[dim] = round(float(v), 4)
+    out = in_run(cfg.run, None, JUDGED_LABELS)
+    write_jsonl(out, ({"id": r.get("id"), "judged": j} for r, j in zip(rows, judged)))
+    stats = judged_bounds(rows, judged, list(cfg.judges), seed=cfg.seed)
+    update_metrics(cfg.run, labels_judged=stats)
+    return {"n": len(rows), "out": str(out), "labels_judged": stats}
 
 
 @recorded("label")

@@ -227,7 +227,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                                        run_best_of)
     from .evaluation.elo import EloConfig, run_elo
     from .sampling import run_generate
-    from .labelling import run_label
+    from .labelling import JUDGED_LABELS, JudgeLabelsConfig, run_judge_labels, run_label
     from .policy.sft import run_sft
     from .report.html import build_report
     from .rewards.train import train_reward_model
@@ -284,6 +284,12 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     label_out = str(run.path(LABELS))
     run.stage("label", lambda: run_label(label), config=label,
               inputs=label.pairs + samples + _paths(scorers), outputs=[label_out], cache=True)
+    if test_scorers:  # what the labels allow under the judge (written beside them, never read
+        # by a policy): how far the judge agrees with the labels, and an imitator's r under it
+        judge = JudgeLabelsConfig(labels=label_out, judges=test_scorers, run=rundir, seed=cfg.seed)
+        run.stage("label_judged", lambda: run_judge_labels(judge), config=judge,
+                  inputs=[label_out] + _paths(test_scorers), outputs=[run.path(JUDGED_LABELS)],
+                  cache=True)
 
     # The policy stages, once per seed: the conditioned policy and the baselines, all on the
     # same evaluation prompts with the same drawn targets and sampling settings.

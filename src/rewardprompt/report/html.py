@@ -318,6 +318,22 @@ def _labels(metrics: dict, dims: list[str], train: list[dict] | None, why: str) 
                    "(in-sample, so an upper estimate for these replies).</p>")
     else:
         out.append(_na("Label statistics (metrics.json: labels)"))
+    judged = metrics.get("labels_judged") if isinstance(metrics.get("labels_judged"), dict) else {}
+    if judged:
+        rows = [[_e(dim)] + [_num(s.get(k)) for k in (
+                    "label_vs_judge_r", "label_vs_judge_r_within", "imitation_r",
+                    "imitation_r_judged", "opener_r", "opener_r_judged")]
+                for dim, s in judged.items() if isinstance(s, dict)]
+        out.append("<h3>What the labels allow under the judge</h3>"
+                   + _table(["dimension", "r(label, test RM)", "within prompts",
+                             "imitation r", "imitation r, test RM", "opener pick r",
+                             "opener pick r, test RM"], rows)
+                   + "<p>The training replies scored by the held-out test RMs as well (never "
+                   "trained on): how far the judge agrees with the labels, over all replies and "
+                   "within prompts (what a policy can steer), and the r a perfect imitator of "
+                   "the data would reach under each RM: picking the reply nearest the targets, "
+                   "or only the opener whose replies' mean labels are nearest. In-sample, so "
+                   "upper estimates.</p>")
     return "".join(out)
 
 
