@@ -182,3 +182,23 @@ def test_secrets_stay_out_of_the_stage_files(tmp_path):
         assert secret not in stage_file and secret not in manifest
     assert json.loads(stage_file)["ok"] == 1
     assert _manifest(tmp_path)["stages"]["a"]["config"]["lr"] == 1e-3
+
+
+def test_a_field_added_since_at_its_default_resumes_and_otherwise_refuses(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Old:
+        lr: float = 0.1
+
+    @dataclass
+    class New:
+        lr: float = 0.1
+        prompts: dict = field(default_factory=dict)
+
+    Run(tmp_path / "r", config=Old())
+    Run(tmp_path / "r", config=New())  # the new field at its default: the same run
+    with pytest.raises(ValueError, match="changed: prompts"):
+        Run(tmp_path / "r2", config=Old()) and Run(tmp_path / "r2", config=New(prompts={"a": "b"}))
+    with pytest.raises(ValueError, match="changed: lr"):
+        Run(tmp_path / "r", config=New(lr=0.2))

@@ -410,6 +410,22 @@ def recorded(command: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], A
     return wrap
 
 
+_ABSENT = object()
+
+
+def _jsonable_defaults(config: Any) -> dict[str, Any]:
+    """A dataclass config's fields at their defaults, as its manifest would record them."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = to_jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_jsonable(f.default_factory())
+    return out
+
+
 class Run:
     """A run directory with a manifest: config, provenance and the record of every stage.
 
@@ -438,11 +454,15 @@ class Run:
                                              "command": redact(list(sys.argv))})
         self.manifest.update({"versions": package_versions(), "host": platform.node()})
         if config is not None:
+            # A field added to the config since the run was made, at its default, changes
+            # nothing the run did: it resumes.
+            defaults = _jsonable_defaults(config)
             config = redact(to_jsonable(config))
             old = self.manifest.get("config")
             # Where the run lives is not part of what it is: `runs/x` and `./runs/x` resume it.
             changed = sorted(k for k in set(old or {}) | set(config) if k not in RESUMABLE
-                             and (old or {}).get(k) != config.get(k)) if old is not None else []
+                             and (old or {}).get(k, defaults.get(k, _ABSENT)) != config.get(k)
+                             ) if old is not None else []
             if changed:
                 raise ValueError(f"{self.dir} holds a run made with another config (changed: "
                                  f"{', '.join(changed)}); resuming it would mix the two. "
