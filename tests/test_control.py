@@ -410,9 +410,12 @@ def test_judged_bounds_follow_the_judge_and_pick_openers_by_their_mean_label():
                for r, a in zip(rows, agrees)]
     assert judged_bounds(rows, shifted, ["helpful"])["helpful"]["label_vs_judge_r_within"] == \
         pytest.approx(1.0)
-    # without the openers recorded, no opener bound
+    # without the openers recorded, no opener bound; beside unsteered replies, over the steered
     assert "opener_r" not in judged_bounds([{**r, "prefill": None} for r in rows], agrees,
                                            ["helpful"])["helpful"]
+    pairs = [{**r, "prefill": None, "rewards": {"helpful": 0.5}} for r in rows[:20]]
+    mixed = judged_bounds(rows + pairs, agrees + [{"helpful": 0.5}] * 20, ["helpful"])["helpful"]
+    assert mixed["opener_r"] == same["opener_r"]
 
 
 # ---------------------------------------------------------------- recipe: write_data

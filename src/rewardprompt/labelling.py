@@ -177,7 +177,8 @@ def judged_bounds(rows: list[dict], judged: list[dict], dims: list[str], draws: 
       label / judged reward;
     - ``opener_r`` / ``opener_r_judged``: a policy that only picks the opener (per prompt, the
       opener whose replies' mean labels are nearest the targets), r of target against those
-      replies' mean label / mean judged reward; only where the rows carry their opener.
+      replies' mean label / mean judged reward, over the replies that carry their opener (the
+      steered samples).
 
     All in-sample, on the training prompts: upper estimates of what these replies allow."""
     g = _prompt_groups(rows)
@@ -193,8 +194,11 @@ def judged_bounds(rows: list[dict], judged: list[dict], dims: list[str], draws: 
     for j, d in enumerate(dims):
         out[d].update(imitation_r=_r(t[:, j], labels[idx, j]),
                       imitation_r_judged=_r(t[:, j], judge[idx, j]))
-    if all(r.get("prefill") is not None for r in rows):
-        opener = np.unique([r["prefill"] for r in rows], return_inverse=True)[1].reshape(-1)
+    steered = np.array([r.get("prefill") is not None for r in rows])
+    if steered.any():  # the steered replies only: the pairs' replies have no opener to pick
+        sub = [r for r, k in zip(rows, steered) if k]
+        g, labels, judge = _prompt_groups(sub), labels[steered], judge[steered]
+        opener = np.unique([r["prefill"] for r in sub], return_inverse=True)[1].reshape(-1)
         _, first, units = np.unique(np.stack([g, opener], 1), axis=0, return_index=True,
                                     return_inverse=True)
         units, size = units.reshape(-1), np.bincount(units.reshape(-1)).astype(float)
