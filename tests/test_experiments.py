@@ -222,6 +222,9 @@ def test_baselines_train_chosen_best_of_n_and_dpo(tmp_path, tiny_policy, monkeyp
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     dpo = json.loads((out / stages["baselines_dpo"]["result_file"]).read_text())
     assert dpo["steps"] == 6 and dpo["pairs"] > 0
+    # as many sequences per step as the SFT baselines (batch 4): two pairs of two replies
+    assert stages["baselines_dpo"]["config"]["batch_size"] == 2
+    assert stages["baselines_chosen_sft"]["config"]["batch_size"] == 4
     # best-of-n SFT trains on each prompt's top labelled reply.
     labels = [json.loads(line) for line in
               (out / "variants" / "recipe" / "label" / "train.jsonl").open()]

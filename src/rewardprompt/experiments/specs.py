@@ -842,7 +842,8 @@ def _baselines_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
     """Train chosen-only SFT (the human chosen replies of the labelled prompts), SFT on each
     prompt's top labelled reply (best-of-n / rejection-sampling fine-tuning, "FeedME") and DPO
     (TRL's DPOTrainer, LoRA, on each prompt's best vs worst labelled reply), each with the
-    steps and batch of the recipe's SFT; sample each on the test prompts."""
+    steps of the recipe's SFT and as many sequences per step (DPO: half as many pairs); sample
+    each on the test prompts."""
     from dataclasses import replace
 
     from ..backends.base import SamplingConfig
@@ -882,7 +883,11 @@ def _baselines_prepare(run: Any, dirs: dict[str, Path]) -> dict[str, Path]:
         models[name] = out / name / "final"
     pairs_file = out / "dpo_pairs.jsonl"
     write_jsonl(pairs_file, pairs)
-    dpo_cfg = {"base": config["policy"], "steps": uncond.max_steps, "batch_size": uncond.batch_size,
+    # A DPO pair is two sequences (its chosen and its rejected reply): half as many pairs per
+    # step as the SFT baselines have replies, so every policy trains on as many sequences and
+    # tokens per step, and for the same steps.
+    dpo_cfg = {"base": config["policy"], "steps": uncond.max_steps,
+               "batch_size": max(1, uncond.batch_size // 2),
                "lr": uncond.lr / 10, "beta": 0.1, "lora_r": uncond.lora_r, "seed": seed,
                "template": uncond.template, "max_prompt_tokens": uncond.max_prompt_tokens,
                "max_completion_tokens": uncond.max_completion_tokens}
