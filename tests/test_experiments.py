@@ -64,6 +64,11 @@ def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tm
     gemma = next(v for v in get_experiment("sample-efficiency").variants("demo")
                  if v.name == "gemma3-270m")
     assert recipe_for(gemma, "demo", tmp_path).steer_policy == "smollm2-135m-instruct"
+    # Its larger label size is the demo recipe's own: restored from another experiment's run.
+    demo = recipe_for(Variant("recipe"), "demo", tmp_path)
+    sizes = [recipe_for(v, "demo", tmp_path).label_pairs
+             for v in get_experiment("sample-efficiency").variants("demo")]
+    assert demo.label_pairs in sizes and min(sizes) < demo.label_pairs
     (tmp_path / "mine.yaml").write_text("policy: my/policy-folder\n")
     mine = recipe_for(gemma, "demo", tmp_path, base_file=str(tmp_path / "mine.yaml"))
     assert (mine.policy, mine.steer_policy) == ("gemma3-270m", "my/policy-folder")

@@ -431,7 +431,10 @@ def _cost_figure(result: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------- sample-efficiency
-SAMPLE_SIZES = {"demo": (10, 20, 40), "full": (10, 25, 85, 250)}
+#: Labelled prompts per dimension. The demo's larger size is the demo recipe's own, so that the
+#: variant is restored from the stage cache when another experiment (target-vs-actual) made it
+#: at the same commit: two new policies fit the demo's time where four did not.
+SAMPLE_SIZES = {"demo": (10, 30), "full": (10, 25, 85, 250)}
 
 
 #: The second policy size: Gemma-3-270M (a base model) against the default SmolLM2-135M-Instruct,
