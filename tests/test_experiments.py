@@ -69,6 +69,12 @@ def test_every_experiment_is_named_from_the_outline_and_builds_at_both_scales(tm
     sizes = [recipe_for(v, "demo", tmp_path).label_pairs
              for v in get_experiment("sample-efficiency").variants("demo")]
     assert demo.label_pairs in sizes and min(sizes) < demo.label_pairs
+    # split's 2-dims variant is the scale's recipe, its other variants differ only in the RMs.
+    split = {v.name: recipe_for(v, "demo", tmp_path) for v in get_experiment("split").variants("demo")}
+    two = split["2-dims"]
+    assert two.data == two.prompts == demo.data and two.label_pairs == demo.label_pairs
+    assert {(c.prompts == demo.data, c.eval_prompts) for c in split.values()} == {
+        (True, demo.eval_prompts)}
     (tmp_path / "mine.yaml").write_text("policy: my/policy-folder\n")
     mine = recipe_for(gemma, "demo", tmp_path, base_file=str(tmp_path / "mine.yaml"))
     assert (mine.policy, mine.steer_policy) == ("gemma3-270m", "my/policy-folder")

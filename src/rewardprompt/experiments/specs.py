@@ -818,11 +818,10 @@ SPLIT_PROMPTS = {"helpful": "hh-helpful", "harmless": "hh-harmless"}
 
 def _split_variants(scale: str) -> list[Variant]:
     # Every variant trains on the same replies to the same prompts and is judged on the same test
-    # prompts; only the reward models that label and judge them, and so the block, differ.
-    label, evals = {"demo": (20, 12), "full": (500, 100)}[scale]
-    return [Variant(name, {"data": data, "prompts": SPLIT_PROMPTS, "label_pairs": label,
-                           "eval_prompts": evals})
-            for name, data in SPLITS.items()]
+    # prompts; only the reward models that label and judge them, and so the block, differ. At the
+    # scale's own sizes, the 2-dims variant is the scale's recipe: restored from the stage cache
+    # when another experiment (target-vs-actual) made it at the same commit.
+    return [Variant(name, {"data": data, "prompts": SPLIT_PROMPTS}) for name, data in SPLITS.items()]
 
 
 def _split(dirs: dict[str, Path]) -> dict[str, Any]:
