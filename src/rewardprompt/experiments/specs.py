@@ -431,9 +431,9 @@ def _cost_figure(result: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------- sample-efficiency
-#: Labelled prompts per dimension. The demo's larger size is the demo recipe's own, so that the
-#: variant is restored from the stage cache when another experiment (target-vs-actual) made it
-#: at the same commit: two new policies fit the demo's time where four did not.
+#: Labelled prompts per dimension. The demo's larger size is the demo recipe's own (a test holds
+#: them equal), so that the variant is restored from the stage cache when another experiment
+#: (target-vs-actual) made it at the same commit.
 SAMPLE_SIZES = {"demo": (10, 30), "full": (10, 25, 85, 250)}
 
 
