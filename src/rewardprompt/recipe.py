@@ -132,7 +132,8 @@ class RecipeConfig:
     cache: bool = True
     """Reuse stages that any run computed with the same config, inputs, code and libraries (the
     reward models, labels, policies, samples) from the stage cache, and store new ones there
-    ($REWARDPROMPT_CACHE/stages; REWARDPROMPT_CACHE=off also turns it off)."""
+    ($REWARDPROMPT_CACHE/stages), and the reward models' features of texts their backbone
+    embedded before ($REWARDPROMPT_CACHE/features); REWARDPROMPT_CACHE=off also turns both off."""
     template: RewardTemplate = field(default_factory=RewardTemplate)
     """The reward block (its dimensions are those of data, in order)."""
     rm: RMTrainConfig = field(default_factory=lambda: RMTrainConfig(data=""))
@@ -221,6 +222,13 @@ RECIPE_FIELDS = frozenset(f.name for f in fields(RecipeConfig))
 
 def run_recipe(cfg: RecipeConfig) -> dict:
     """Run (or resume) the recipe into ``cfg.out``; returns the headline figures per dimension."""
+    from .rewards.features import disabled
+
+    with disabled(not cfg.cache):
+        return _run_recipe(cfg)
+
+
+def _run_recipe(cfg: RecipeConfig) -> dict:
     from .data import source_files
     from .evaluation.controllability import run_evaluate
     from .evaluation.baselines import (PROMPTED_SYSTEM, BestOfConfig, best_of_n_list, opener_means,

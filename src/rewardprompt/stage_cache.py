@@ -58,13 +58,19 @@ def cache_is_off(value: str) -> bool:
     return value.strip().lower() in ("off", "0", "false", "no", "none")
 
 
-def cache_root() -> Path | None:
-    """The stage cache folder, or None when ``REWARDPROMPT_CACHE=off``."""
+def cache_home() -> Path | None:
+    """The folder of this package's caches (stages, reward-model features), or None when
+    ``REWARDPROMPT_CACHE=off``."""
     value = os.environ.get(CACHE_ENV, "")
     if cache_is_off(value):
         return None
-    base = Path(value).expanduser() if value else Path.home() / ".cache" / "rewardprompt"
-    return base / "stages"
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "rewardprompt"
+
+
+def cache_root() -> Path | None:
+    """The stage cache folder, or None when ``REWARDPROMPT_CACHE=off``."""
+    home = cache_home()
+    return None if home is None else home / "stages"
 
 
 # ---------------------------------------------------------------- content hashes

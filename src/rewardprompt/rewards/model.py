@@ -277,18 +277,52 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
 
     def embed_texts(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     batch_size: int = 32) -> torch.Tensor:
-        """Pooled features of (prompt, response) pairs, ``(n, hidden)`` on the CPU."""
-        out = self._batched(self.embed, prompts, responses, batch_size, "embedding")
-        return out.reshape(len(responses), self.head.in_features)
+        """Pooled features of (prompt, response) pairs, ``(n, hidden)`` on the CPU.
+
+        Each distinct text is embedded once: features this backbone computed before, in this
+        run or another, come from the feature store (``rewards.features``), and only the rest
+        pass through the model.
+        """
+        from .features import feature_context, feature_store, featuriser_key, text_digest
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        store = feature_store()
+        if store is None:
+            out = self._batched(self.embed, prompts, responses, batch_size, "embedding")
+            return out.reshape(len(responses), self.head.in_features)
+        _check_texts([prompt_context(p, self.turns) for p in prompts], responses)
+        key = featuriser_key(self)
+        digests = [text_digest(feature_context(p, self.turns), r)
+                   for p, r in zip(prompts, responses)]
+        found = store.lookup(key, digests)
+        todo: dict[bytes, int] = {}
+        for i, d in enumerate(digests):
+            if d not in found:
+                todo.setdefault(d, i)
+        if todo:
+            idx = list(todo.values())
+            new = self._batched(self.embed, [prompts[i] for i in idx],
+                                [responses[i] for i in idx], batch_size, "embedding")
+            new = new.reshape(len(idx), self.head.in_features).numpy()
+            store.add(key, list(todo), new)
+            found.update(zip(todo, new))
+        if not digests:
+            return torch.empty(0, self.head.in_features)
+        return torch.from_numpy(np.stack([found[d] for d in digests]).astype(np.float32))
 
     def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],
                   batch_size: int = 32) -> np.ndarray:
-        """Raw (unnormalised) rewards: only their differences are meaningful.
+        """Raw (unnormalised) rewards: only their differences are meaningful. The head reads
+        ``embed_texts``, so features computed before are not computed again.
 
         Empty responses or contexts, and non-finite scores (an overflow, corrupt weights), raise a
         ValueError naming the first index at fault, instead of flowing on into labels.
         """
-        raw = self._batched(self.forward, prompts, responses, batch_size, "scoring").numpy()
+        feats = self.embed_texts(prompts, responses, batch_size)
+        with torch.no_grad():
+            raw = self.head(feats.to(self.device, self.head.weight.dtype)).squeeze(-1)
+        raw = raw.float().cpu().numpy()
         finite_scores(raw, f"reward model '{self.name}' scored")
         return raw
 
