@@ -194,3 +194,23 @@ def test_labelling_and_test_rm_share_features_of_the_held_out_pairs(tiny_decoder
         warm, cold_rm = (BaseRewardModel.load(tmp_path / name) for name in ("second", "cold"))
         np.testing.assert_allclose(warm.score(prompts, chosen), cold_rm.score(prompts, chosen),
                                    atol=1e-6)
+
+
+def test_batches_hold_one_token_length_so_nothing_is_padded(tiny_decoder, monkeypatch):
+    """A text's features do not depend on its batch: each batch is unpadded, and a text embedded
+    among others gets the features it gets alone."""
+    m = DecoderRewardModel.from_base(tiny_decoder, max_length=128, layers=2, pooling="mean")
+    widths: list[int] = []
+    embed = m.embed
+
+    def unpadded(batch):
+        assert bool(batch["attention_mask"].all()), "a padded batch"
+        widths.append(batch["input_ids"].shape[1])
+        return embed(batch)
+
+    monkeypatch.setattr(m, "embed", unpadded)
+    prompts, responses = _texts(16)
+    together = m.embed_texts(prompts, responses, batch_size=4)
+    assert len(set(widths)) > 1 and sorted(widths) == widths  # several lengths, shortest first
+    alone = torch.cat([m.embed_texts([p], [r]) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(together, alone)

@@ -17,17 +17,19 @@ A feature is keyed by its **featuriser** and its **text**:
 * the text is what the family reads: the context (the last user turn, or the whole dialogue
   with ``turns="all"``) and the response.
 
-A cached feature is the one computed before for the same text, in whatever batch it was then
-padded in; recomputing it in another batch can differ by the rounding of that batch's shapes
-(bf16: about 1e-3 relative), as any two batchings do. Within one call, features come out in the
-caller's order whether hit or computed.
+Reward models embed texts in batches of one token length (``BaseRewardModel._batched``), so
+nothing is padded and a text's feature does not depend on the texts batched with it: on the
+project's CPU a stored feature is bitwise the one a fresh computation gives (docs/results.md),
+and a run gives the same labels whatever ran before it. Where kernels round differently by batch
+size (a GPU may), the two agree to that rounding. Features come out in the caller's order,
+whether read or computed.
 
 Layout: ``$REWARDPROMPT_CACHE/features/<featuriser>/<shard>.safetensors``, each shard holding
 ``digests`` (uint8, n x 32: sha256 of the text) and ``features`` (float32, n x hidden). Every
 write is a new shard, written under a temporary name and renamed into place, so processes that
 write at once and killed runs leave only whole shards; a shard that cannot be read is skipped.
-``REWARDPROMPT_CACHE=off``, a recipe's ``cache: false`` (``disabled``) and the stage cache's
-own switch turn it off together.
+``REWARDPROMPT_CACHE=off`` and a recipe's ``cache: false`` (``disabled``) turn it off, as they
+turn off the stage cache.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ mean of the members' raw scores) is one folder too::
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
@@ -253,18 +254,23 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         contexts = [prompt_context(p, self.turns) for p in prompts]
         _check_texts(contexts, responses)
-        # Batches of similar length waste little compute on padding (which the pooling masks
-        # out, so the scores do not change); the original order is restored at the end.
-        lengths = [len(c) + len(r) for c, r in zip(contexts, responses)]
+        # Each batch holds texts of one token length: nothing is padded, so no compute goes to
+        # padding and a text's features do not depend on what it was batched with (padding
+        # changes the kernels' shapes and with them the rounding). The feature store relies on
+        # that; the original order is restored at the end.
+        lengths = [int(self.tokenize([p], [r])["attention_mask"].sum())
+                   for p, r in zip(prompts, responses)]
         order = sorted(range(len(responses)), key=lengths.__getitem__)
+        batches = []
+        for _, same in itertools.groupby(order, key=lengths.__getitem__):
+            same = list(same)
+            batches += [same[i:i + batch_size] for i in range(0, len(same), batch_size)]
         was_training = self.training
         self.eval()
         try:
             outs = []
-            starts = range(0, len(order), batch_size)
-            for i in tqdm(starts, desc=desc, unit="batch", leave=False,
-                          disable=len(responses) < TQDM_MIN):
-                idx = order[i:i + batch_size]
+            for idx in tqdm(batches, desc=desc, unit="batch", leave=False,
+                            disable=len(responses) < TQDM_MIN):
                 batch = self.tokenize([prompts[j] for j in idx], [responses[j] for j in idx])
                 outs.append(fn(batch).float().cpu())
         finally:
@@ -272,7 +278,7 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         if not outs:
             return torch.empty(0)
         out = torch.empty_like(torch.cat(outs))
-        out[torch.as_tensor(order)] = torch.cat(outs)
+        out[torch.as_tensor([j for idx in batches for j in idx])] = torch.cat(outs)
         return out
 
     def embed_texts(self, prompts: Sequence[Prompt], responses: Sequence[str],
