@@ -40,9 +40,9 @@ def counted(monkeypatch):
     seen: list[int] = []
     embed = BaseRewardModel._batched
 
-    def batched(self, fn, prompts, responses, batch_size, desc):
+    def batched(self, prompts, responses, batch_size):
         seen.append(len(responses))
-        return embed(self, fn, prompts, responses, batch_size, desc)
+        return embed(self, prompts, responses, batch_size)
 
     monkeypatch.setattr(BaseRewardModel, "_batched", batched)
     return seen

@@ -248,8 +248,8 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
 
     # ------------------------------------------------------------ scoring
     @torch.no_grad()
-    def _batched(self, fn, prompts: Sequence[Prompt], responses: Sequence[str],
-                 batch_size: int, desc: str) -> torch.Tensor:
+    def _batched(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                 batch_size: int) -> torch.Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         contexts = [prompt_context(p, self.turns) for p in prompts]
@@ -269,10 +269,10 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         self.eval()
         try:
             outs = []
-            for idx in tqdm(batches, desc=desc, unit="batch", leave=False,
+            for idx in tqdm(batches, desc="embedding", unit="batch", leave=False,
                             disable=len(responses) < TQDM_MIN):
                 batch = self.tokenize([prompts[j] for j in idx], [responses[j] for j in idx])
-                outs.append(fn(batch).float().cpu())
+                outs.append(self.embed(batch).float().cpu())
         finally:
             self.train(was_training)
         if not outs:
@@ -295,7 +295,7 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         store = feature_store()
         if store is None:
-            out = self._batched(self.embed, prompts, responses, batch_size, "embedding")
+            out = self._batched(prompts, responses, batch_size)
             return out.reshape(len(responses), self.head.in_features)
         _check_texts([prompt_context(p, self.turns) for p in prompts], responses)
         key = featuriser_key(self)
@@ -308,8 +308,8 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
                 todo.setdefault(d, i)
         if todo:
             idx = list(todo.values())
-            new = self._batched(self.embed, [prompts[i] for i in idx],
-                                [responses[i] for i in idx], batch_size, "embedding")
+            new = self._batched([prompts[i] for i in idx], [responses[i] for i in idx],
+                                batch_size)
             new = new.reshape(len(idx), self.head.in_features).numpy()
             store.add(key, list(todo), new)
             found.update(zip(todo, new))
