@@ -210,7 +210,55 @@ def test_batches_hold_one_token_length_so_nothing_is_padded(tiny_decoder, monkey
 
     monkeypatch.setattr(m, "embed", unpadded)
     prompts, responses = _texts(16)
-    together = m.embed_texts(prompts, responses, batch_size=4)
+    with disabled():  # every feature computed, none read back
+        together = m.embed_texts(prompts, responses, batch_size=4)
     assert len(set(widths)) > 1 and sorted(widths) == widths  # several lengths, shortest first
-    alone = torch.cat([m.embed_texts([p], [r]) for p, r in zip(prompts, responses)])
+    with disabled():
+        alone = torch.cat([m.embed_texts([p], [r]) for p, r in zip(prompts, responses)])
     torch.testing.assert_close(together, alone)
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_a_trained_rm_loaded_from_its_folder_reads_the_features_it_trained_on(
+        family, tiny_encoder, tiny_decoder, store_dir, counted, tmp_path):
+    """Training embeds the pairs; the saved folder, loaded as the label stage loads it, is the
+    same featuriser (its tokenizer was used, its config saved), so scoring them again embeds
+    nothing; the rm train metrics count what was read and computed."""
+    from rewardprompt.rewards.model import BaseRewardModel as RM
+
+    rng = random.Random(1)
+    rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"{w} bake {i}"}],
+             "chosen": " ".join(rng.sample(WORDS, 4)), "rejected": " ".join(rng.sample(WORDS, 4))}
+            for i, w in enumerate(WORDS * 2)]
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, rows)
+    extra = {"layers": 2, "pooling": "mean"} if family == "decoder" else {}
+    base = tiny_decoder if family == "decoder" else str(tiny_encoder)
+    metrics = train_reward_model(RMTrainConfig(
+        data=str(data), out=str(tmp_path / "rm"), test_fraction=0.0, family=family,
+        base_model=base, max_length=32, **extra))
+    n = metrics["n_train"]
+    assert counted == [2 * n] and metrics["features"] == {"read": 0, "computed": 2 * n}
+    loaded = RM.load(tmp_path / "rm")
+    trained = [r for r in rows if r["chosen"] != r["rejected"]]
+    loaded.score_raw([r["prompt"] for r in trained], [r["chosen"] for r in trained])
+    assert counted == [2 * n]
+
+
+def test_inference_tensors_are_hashed_every_time(tiny_decoder, store_dir, counted):
+    with torch.inference_mode():
+        m = _model(tiny_decoder)
+        prompts, responses = _texts(3)
+        a = m.embed_texts(prompts, responses)
+        b = m.embed_texts(prompts, responses)
+    assert counted == [3] and torch.equal(a, b)
+
+
+def test_a_recipe_with_cache_false_reads_and_writes_no_features(monkeypatch, store_dir):
+    import rewardprompt.recipe as recipe
+
+    seen = []
+    monkeypatch.setattr(recipe, "_run_recipe", lambda cfg: seen.append(feature_store()))
+    for cache in (False, True):
+        recipe.run_recipe(recipe.RecipeConfig(out=str(store_dir.parent / "run"), cache=cache))
+    assert seen[0] is None and seen[1] is not None

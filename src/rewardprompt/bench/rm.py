@@ -133,6 +133,7 @@ def _timing(n: int, setup: float, train: float) -> dict[str, Any]:
 
 
 def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -> dict[str, Any]:
+    from ..rewards.features import disabled
     from ..rewards.model import family_class
     from ..rewards.train import RMTrainConfig, fine_tune, set_precision
 
@@ -144,7 +145,8 @@ def _time_ours(cfg: BenchRMConfig, base: str, pairs: list[Any], workdir: Path) -
     precision = set_precision(model, tcfg)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
+    with disabled():  # the decoder's linear probe embeds every pair, as TRL's side does
+        fine_tune(model, pairs, tcfg, cfg.seed, workdir / "trainer")
     seconds = time.perf_counter() - t1
     return _timing(len(pairs), setup, seconds) | {"precision": precision}
 

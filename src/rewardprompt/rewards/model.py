@@ -285,16 +285,16 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
                     batch_size: int = 32) -> torch.Tensor:
         """Pooled features of (prompt, response) pairs, ``(n, hidden)`` on the CPU.
 
-        Each distinct text is embedded once: features this backbone computed before, in this
-        run or another, come from the feature store (``rewards.features``), and only the rest
-        pass through the model.
+        With the feature store on (``rewards.features``), each distinct text is embedded once:
+        features this backbone computed before, in this run or another, come from the store,
+        and only the rest pass through the model.
         """
         from .features import feature_context, feature_store, featuriser_key, text_digest
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         store = feature_store()
-        if store is None:
+        if store is None or not responses:
             out = self._batched(prompts, responses, batch_size)
             return out.reshape(len(responses), self.head.in_features)
         _check_texts([prompt_context(p, self.turns) for p in prompts], responses)
@@ -313,8 +313,6 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
             new = new.reshape(len(idx), self.head.in_features).numpy()
             store.add(key, list(todo), new)
             found.update(zip(todo, new))
-        if not digests:
-            return torch.empty(0, self.head.in_features)
         return torch.from_numpy(np.stack([found[d] for d in digests]).astype(np.float32))
 
     def score_raw(self, prompts: Sequence[Prompt], responses: Sequence[str],

@@ -440,6 +440,7 @@ def fine_tune(model: BaseRewardModel, pairs: Sequence[Any], cfg: RMTrainConfig, 
         _train_trl(model, pairs, cfg, seed, workdir)
     else:
         _train_full(model, pairs, cfg, seed)
+    model._featuriser = None  # new weights: hashed again when next embedded (rewards.features)
 
 
 def _train_member(cfg: RMTrainConfig, train: Sequence[Any], seed: int, name: str,
@@ -563,6 +564,10 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
             shutil.rmtree(stale, ignore_errors=True)
     _wait_for_everyone()  # no process starts writing before the leftovers are gone
 
+    from .features import feature_store
+
+    store = feature_store()
+    counts = (store.read, store.computed) if store is not None else None
     t0 = time.perf_counter()
     members, member_raw = [], []
     for k in range(cfg.ensemble):
@@ -595,6 +600,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
                "examples_per_second": round(n * passes / train_seconds, 2),
                "train_accuracy": accuracy_from_raw(train_raw[:n], train_raw[n:])["accuracy"],
                "config": cfg}
+    if store is not None:
+        # Texts whose features came from the feature store, and were computed, in training
+        # and held-out scoring: the seconds above are for the computed ones.
+        metrics["features"] = {"read": store.read - counts[0],
+                               "computed": store.computed - counts[1]}
     if cfg.freeze_encoder or cfg.family == "decoder":
         # The cross-validated L2 of each frozen-feature head (for a fine-tuned decoder: of the
         # linear probe its head started from).
