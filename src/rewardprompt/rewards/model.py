@@ -258,8 +258,8 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
         # padding and a text's features do not depend on what it was batched with (padding
         # changes the kernels' shapes and with them the rounding). The feature store relies on
         # that; the original order is restored at the end.
-        lengths = [int(self.tokenize([p], [r])["attention_mask"].sum())
-                   for p, r in zip(prompts, responses)]
+        rows = [self.tokenize([p], [r]) for p, r in zip(prompts, responses)]
+        lengths = [int(row["attention_mask"].shape[1]) for row in rows]
         order = sorted(range(len(responses)), key=lengths.__getitem__)
         batches = []
         for _, same in itertools.groupby(order, key=lengths.__getitem__):
@@ -271,7 +271,8 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
             outs = []
             for idx in tqdm(batches, desc="embedding", unit="batch", leave=False,
                             disable=len(responses) < TQDM_MIN):
-                batch = self.tokenize([prompts[j] for j in idx], [responses[j] for j in idx])
+                # Rows of one length: the batch is their concatenation, tokenised once.
+                batch = {k: torch.cat([rows[j][k] for j in idx]) for k in rows[idx[0]]}
                 outs.append(self.embed(batch).float().cpu())
         finally:
             self.train(was_training)
