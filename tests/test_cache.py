@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rewardprompt.runs import Run, read_json, update_metrics_entry
-from rewardprompt.stage_cache import StageCache, cache_root, relocate
+from rewardprompt.stage_cache import StageCache, cache_root, relocate, tree_hash
 
 
 @pytest.fixture
@@ -84,6 +84,25 @@ def test_key_follows_the_code_of_a_function_scorer(cache, tmp_path, monkeypatch)
     before = key()
     mod.write_text("def score(prompts, responses):\n    return [0.9] * len(responses)\n")
     assert key() != before
+
+
+def test_code_hash_follows_source_and_read_files_but_not_the_presets(tmp_path):
+    """A preset is read into the run's config (which the key holds): editing one leaves the
+    code hash, and so every cache entry, as it was; code or a file the code reads does not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "configs" / "prices").mkdir(parents=True)
+    (pkg / "stage.py").write_text("X = 1\n")
+    (pkg / "configs" / "demo.yaml").write_text("seed: 0\n")
+    (pkg / "configs" / "prices" / "prices.yaml").write_text("gpt: 1.0\n")
+    before = tree_hash(pkg)
+    (pkg / "configs" / "demo.yaml").write_text("seed: 1\n")
+    (pkg / "configs" / "new.yaml").write_text("include: demo\n")
+    assert tree_hash(pkg) == before
+    (pkg / "configs" / "prices" / "prices.yaml").write_text("gpt: 2.0\n")
+    after_prices = tree_hash(pkg)
+    assert after_prices != before
+    (pkg / "stage.py").write_text("X = 2\n")
+    assert tree_hash(pkg) != after_prices
 
 
 def test_relocate_moves_only_whole_path_prefixes():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -67,12 +66,9 @@ _GGUF = {
 def cache_dir() -> Path:
     """``$REWARDPROMPT_CACHE`` (default ``~/.cache/rewardprompt``). ``REWARDPROMPT_CACHE=off``
     turns off the stage cache only: a converted model still needs a place, the default one."""
-    from .stage_cache import cache_is_off
+    from .stage_cache import cache_home
 
-    value = os.environ.get("REWARDPROMPT_CACHE", "")
-    if not value or cache_is_off(value):
-        return Path.home() / ".cache" / "rewardprompt"
-    return Path(value).expanduser()
+    return cache_home() or Path.home() / ".cache" / "rewardprompt"
 
 
 def _convert_gguf(name: str, out: Path) -> Path:

@@ -9,8 +9,11 @@ result and nothing else:
 * the content hash of every file or folder outside the run that a config value names (a base
   model folder, a data file), so a model retrained in place is not mistaken for the old one,
   and of the module behind a ``module:function`` scorer;
-* the code: a hash of this package's source and shipped configs (any change invalidates every
-  entry, since a stage's result depends on code that its config does not name);
+* the code: a hash of this package's source and the files it reads (any change invalidates
+  every entry, since a stage's result depends on code that its config does not name). The
+  presets (``configs/*.yaml``) are left out: a run reads a preset into its config, which the
+  key already holds, so a changed preset does not empty the cache for the recipes it leaves as
+  they were;
 * the environment: the versions of the libraries that compute (torch, transformers, peft, trl,
   ...), the device kind, whether bf16 is used, and the GPU model.
 
@@ -105,16 +108,23 @@ def content_hash(path: str | Path) -> str | None:
 _CODE: str | None = None
 
 
+def tree_hash(root: Path) -> str:
+    """sha256 of the ``.py`` and ``.yaml`` files under ``root``, names included, less the
+    presets directly in ``root/configs`` (read into the run's config, which keys hold)."""
+    h = hashlib.sha256()
+    presets = root / "configs"
+    for f in sorted(root.rglob("*")):
+        if (f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts
+                and not (f.suffix == ".yaml" and f.parent == presets)):
+            h.update(f"{f.relative_to(root).as_posix()}\0".encode() + f.read_bytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
 def code_hash() -> str:
-    """sha256 of this package's source files and shipped configs (computed once per process)."""
+    """``tree_hash`` of this package (computed once per process)."""
     global _CODE
     if _CODE is None:
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
-                h.update(f"{f.relative_to(root).as_posix()}\0".encode() + f.read_bytes())
-        _CODE = "sha256:" + h.hexdigest()[:16]
+        _CODE = tree_hash(Path(__file__).resolve().parent)
     return _CODE
 
 
