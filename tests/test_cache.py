@@ -86,7 +86,7 @@ def test_key_follows_the_code_of_a_function_scorer(cache, tmp_path, monkeypatch)
     assert key() != before
 
 
-def test_code_hash_follows_source_and_read_files_but_not_the_presets(tmp_path):
+def test_tree_hash_follows_source_and_read_files_but_not_the_presets(tmp_path):
     """A preset is read into the run's config (which the key holds): editing one leaves the
     code hash, and so every cache entry, as it was; code or a file the code reads does not."""
     pkg = tmp_path / "pkg"

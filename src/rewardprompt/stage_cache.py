@@ -9,11 +9,11 @@ result and nothing else:
 * the content hash of every file or folder outside the run that a config value names (a base
   model folder, a data file), so a model retrained in place is not mistaken for the old one,
   and of the module behind a ``module:function`` scorer;
-* the code: a hash of this package's source and the files it reads (any change invalidates
-  every entry, since a stage's result depends on code that its config does not name). The
-  presets (``configs/*.yaml``) are left out: a run reads a preset into its config, which the
-  key already holds, so a changed preset does not empty the cache for the recipes it leaves as
-  they were;
+* the code: a hash of this package's source and the YAML files it reads (price tables,
+  accelerate configs). Any change invalidates every entry, since a stage's result depends on
+  code that its config does not name. The presets (``configs/*.yaml``) are left out: a run reads
+  a preset into its config, which the key already holds, so a changed preset does not empty the
+  cache for the recipes it leaves as they were;
 * the environment: the versions of the libraries that compute (torch, transformers, peft, trl,
   ...), the device kind, whether bf16 is used, and the GPU model.
 
