@@ -163,6 +163,21 @@ def test_tokenizer_fingerprint_sees_the_chat_template(tiny_decoder):
     assert tokenizer_fingerprint(tok) != before
 
 
+def test_tokenizer_fingerprint_ignores_and_keeps_the_per_call_truncation_and_padding(tiny_decoder):
+    """transformers sets truncation and padding on the fast tokenizer at every call: the
+    fingerprint is the same before and after a call, and leaves the state the call set."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_decoder)
+    before = tokenizer_fingerprint(tok)
+    tok(["a b c"], truncation=True, max_length=2, padding="max_length")
+    backend = tok.backend_tokenizer
+    state = (backend.truncation, backend.padding)
+    assert state[0] is not None and state[1] is not None
+    assert tokenizer_fingerprint(tok) == before
+    assert (backend.truncation, backend.padding) == state
+
+
 def test_labelling_and_test_rm_share_features_of_the_held_out_pairs(tiny_decoder, store_dir,
                                                                    counted, tmp_path):
     """The recipe's two RMs of a dimension train on the two halves and both score the held-out

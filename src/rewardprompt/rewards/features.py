@@ -246,10 +246,18 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     chat template, special tokens and the side it truncates."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        rules = json.dumps(spec, sort_keys=True)
+        # Serialised with no truncation or padding, then both put back as they were (as
+        # transformers itself sets them on every call): no JSON round trip of the vocabulary.
+        truncation, padding = backend.truncation, backend.padding
+        backend.no_truncation()
+        backend.no_padding()
+        try:
+            rules = backend.to_str()
+        finally:
+            if truncation is not None:
+                backend.enable_truncation(**truncation)
+            if padding is not None:
+                backend.enable_padding(**padding)
     else:
         rules = type(tokenizer).__name__ + json.dumps(tokenizer.get_vocab(), sort_keys=True)
     parts = [rules, str(getattr(tokenizer, "chat_template", None)),

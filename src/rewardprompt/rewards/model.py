@@ -250,10 +250,7 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
     @torch.no_grad()
     def _batched(self, prompts: Sequence[Prompt], responses: Sequence[str],
                  batch_size: int) -> torch.Tensor:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        contexts = [prompt_context(p, self.turns) for p in prompts]
-        _check_texts(contexts, responses)
+        """Features of texts that ``embed_texts`` checked."""
         # Each batch holds texts of one token length: nothing is padded, so no compute goes to
         # padding and a text's features do not depend on what it was batched with (padding
         # changes the kernels' shapes and with them the rounding). The feature store relies on
@@ -294,11 +291,11 @@ class BaseRewardModel(nn.Module, metaclass=ABCMeta):
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        _check_texts([prompt_context(p, self.turns) for p in prompts], responses)
         store = feature_store()
         if store is None or not responses:
             out = self._batched(prompts, responses, batch_size)
             return out.reshape(len(responses), self.head.in_features)
-        _check_texts([prompt_context(p, self.turns) for p in prompts], responses)
         key = featuriser_key(self)
         digests = [text_digest(feature_context(p, self.turns), r)
                    for p, r in zip(prompts, responses)]
